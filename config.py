@@ -1,0 +1,150 @@
+"""Every knob of a run: one dataclass with a commented default per field.
+
+Edit the defaults here, or override any field on the command line:
+    python train.py --epochs=30 --lr=0.05      (or: --epochs 30)
+An unknown key or a value of the wrong type is a one-line error.
+"""
+import argparse
+import inspect
+import re
+import sys
+from dataclasses import dataclass, fields
+
+import torch
+
+# CIFAR-10 training-set statistics per RGB channel, on the 0-1 scale. The std is
+# the dataset's pixel std, not the often-copied (0.2023, 0.1994, 0.2010), which
+# is an average of per-image stds.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+IMAGE_SIZE = 32  # pixels, height and width
+
+
+@dataclass
+class Config:
+    # data
+    data_dir: str = "data"  # CIFAR-10 download/cache dir, or an ImageFolder root with train/ and val/ or test/
+    download: bool = True  # download CIFAR-10 into data_dir when it is not there (needs network)
+    workers: int = 2  # DataLoader worker processes for training batches (0: load in the main process)
+    # optimisation
+    epochs: int = 15  # passes over the training split
+    batch_size: int = 256  # images per optimizer step
+    lr: float = 0.2  # peak learning rate of the one-cycle schedule
+    warmup: float = 0.2  # fraction of all steps spent warming the LR up from lr/25 to lr
+    momentum: float = 0.9  # SGD momentum (Nesterov)
+    weight_decay: float = 5e-4  # L2 on conv/linear weights; BatchNorm and biases get none
+    label_smoothing: float = 0.1  # cross-entropy target smoothing for training (evaluation uses plain CE)
+    # model
+    dropout: float = 0.05  # dropout before the classifier
+    # augmentation (Albumentations, per image, uint8)
+    flip_p: float = 0.5  # probability of a horizontal flip
+    shift_limit: float = 0.0625  # max shift as a fraction of the image side
+    scale_limit: float = 0.1  # max relative zoom in or out
+    rotate_limit: float = 15.0  # max rotation in degrees
+    affine_p: float = 0.5  # probability of the shift/scale/rotate transform
+    hole_size: int = 16  # CoarseDropout: side of the single square hole, in pixels (filled with the dataset mean)
+    hole_p: float = 0.5  # probability of the hole
+    cutmix_p: float = 0.0  # probability that a training batch is CutMixed (0: off)
+    # run
+    seed: int = 0  # seeds weights, data order and augmentation
+    device: str = "auto"  # auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); ignored on CPU
+    channels_last: bool = True  # NHWC memory layout for the model and its inputs
+    out_dir: str = ""  # where this run writes its files; empty: runs/<date-time>
+    resume: str = ""  # run dir or checkpoint to continue from
+    evaluate: str = ""  # run dir or checkpoint to evaluate on the test split (no training)
+    dry_run: bool = False  # whole program on a tiny synthetic dataset, a few steps, no data needed
+
+
+def _comments():
+    """Field name -> its trailing comment in the Config source, for --help."""
+    pattern = re.compile(r"^\s+(\w+): [^#]*#\s*(.*)$")
+    return {m[1]: m[2] for m in map(pattern.match, inspect.getsource(Config).splitlines()) if m}
+
+
+def _parse_bool(text):
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+_parse_bool.__name__ = "bool"  # so argparse says "invalid bool value"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """One line, no usage block: the message already names the key."""
+        sys.exit(f"error: {message} (see python train.py --help)")
+
+
+def parse_args(argv=None, base=None):
+    """Config from command-line overrides such as ['--epochs=30', '--lr', '0.05'].
+
+    Fields not given keep their value in `base` (default: Config()).
+    """
+    base = base or Config()
+    help_text = _comments()
+    parser = _Parser(description="Train a small CNN on CIFAR-10. Every option is a Config field.", allow_abbrev=False,
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool:  # `--dry-run` alone means true; `--amp=false` turns a default off
+            parser.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=getattr(base, f.name),
+                                help=help_text[f.name], metavar="BOOL")
+        else:
+            parser.add_argument(flag, type=f.type, default=getattr(base, f.name), help=help_text[f.name],
+                                metavar=f.type.__name__.upper())
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Accept --data_dir as well as --data-dir.
+    argv = [re.sub(r"^--(\w+)", lambda m: "--" + m[1].replace("_", "-"), a) for a in argv]
+    cfg = Config(**vars(parser.parse_args(argv)))
+    check(cfg)
+    return cfg
+
+
+def check(cfg):
+    """Exit with one line naming the first field whose value cannot work."""
+    rules = [
+        ("epochs", cfg.epochs >= 1, "at least 1"),
+        ("batch_size", cfg.batch_size >= 1, "at least 1"),
+        ("workers", cfg.workers >= 0, "0 or more"),
+        ("lr", cfg.lr > 0, "positive"),
+        ("warmup", 0 < cfg.warmup < 1, "between 0 and 1, exclusive"),
+        ("momentum", 0 <= cfg.momentum < 1, "in [0, 1)"),
+        ("weight_decay", cfg.weight_decay >= 0, "0 or more"),
+        ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),
+        ("dropout", 0 <= cfg.dropout < 1, "in [0, 1)"),
+        ("shift_limit", 0 <= cfg.shift_limit <= 1, "in [0, 1]"),
+        ("scale_limit", 0 <= cfg.scale_limit < 1, "in [0, 1)"),
+        ("rotate_limit", 0 <= cfg.rotate_limit <= 180, "in [0, 180] degrees"),
+        ("hole_size", 1 <= cfg.hole_size <= IMAGE_SIZE, f"between 1 and the image side, {IMAGE_SIZE}"),
+        ("seed", cfg.seed >= 0, "0 or more"),
+    ] + [(p, 0 <= getattr(cfg, p) <= 1, "a probability in [0, 1]")
+         for p in ("flip_p", "affine_p", "hole_p", "cutmix_p")]
+    for name, ok, expected in rules:
+        if not ok:
+            sys.exit(f"error: --{name.replace('_', '-')}={getattr(cfg, name)} is out of range; it must be {expected}")
+
+
+def resolve_device(name):
+    """The one place that turns the `device` setting into a torch.device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        sys.exit(f"error: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device=cuda but no CUDA GPU is available here; use --device=auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        sys.exit("error: --device=mps but MPS is not available here; use --device=auto or cpu")
+    return device

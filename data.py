@@ -1,0 +1,174 @@
+"""Where the images come from, and the loaders that feed them.
+
+Three sources, each decoded once into memory as uint8 (N, 32, 32, 3) RGB:
+  - an ImageFolder-style directory: train/<class>/* and val/<class>/* or test/<class>/*
+  - torchvision's CIFAR-10 in data_dir, downloaded when missing and the network is there
+  - a tiny synthetic set for --dry-run
+"""
+import os
+import random
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from config import CIFAR10_CLASSES, IMAGE_SIZE
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # (N, H, W, 3) uint8 RGB
+    labels: np.ndarray  # (N,) int64
+
+
+@dataclass
+class Data:
+    train: Split
+    test: Split
+    classes: tuple
+    source: str  # human-readable origin, for the log
+    test_name: str  # "val" or "test": what the evaluation split is
+
+
+def _read_rgb(path):
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"cannot read image {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _read_folder_split(root, classes=None):
+    found = sorted(d.name for d in os.scandir(root) if d.is_dir())
+    classes = classes or tuple(found)
+    if tuple(found) != tuple(classes):
+        sys.exit(f"error: {root} has classes {found}, but train/ has {list(classes)}; the splits must match")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(f.path for f in os.scandir(os.path.join(root, name))
+                       if f.name.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            sys.exit(f"error: class folder {os.path.join(root, name)} has no images")
+        paths += files
+        labels += [label] * len(files)
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:  # OpenCV decodes without the GIL
+        try:
+            images = list(pool.map(_read_rgb, paths))
+        except ValueError as e:
+            sys.exit(f"error: {e}; remove or replace that file")
+    shapes = {im.shape for im in images}
+    if shapes != {(IMAGE_SIZE, IMAGE_SIZE, 3)}:
+        sys.exit(f"error: {root} holds images of sizes {sorted(shapes)[:3]}; expected {IMAGE_SIZE}x{IMAGE_SIZE} RGB")
+    return Split(np.stack(images), np.array(labels, dtype=np.int64)), classes
+
+
+def load_folder(root):
+    """ImageFolder layout: train/<class>/*, and val/<class>/* (or test/<class>/*) for evaluation."""
+    test_name = next((s for s in ("val", "test") if os.path.isdir(os.path.join(root, s))), None)
+    if test_name is None:
+        sys.exit(f"error: {root} has train/ but neither val/ nor test/; add an evaluation split")
+    train, classes = _read_folder_split(os.path.join(root, "train"))
+    test, _ = _read_folder_split(os.path.join(root, test_name), classes)
+    return Data(train, test, classes, f"folder {root}", test_name)
+
+
+def load_cifar10(root, download):
+    """torchvision's CIFAR-10 (50k train / 10k test), downloaded into root when missing."""
+    from torchvision.datasets import CIFAR10
+
+    try:
+        sets = [CIFAR10(root, train=t, download=download) for t in (True, False)]
+    except (RuntimeError, OSError) as e:
+        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        sys.exit(f"error: no CIFAR-10 in {root!r} and it could not be downloaded ({first_line}); "
+                 "pass --data-dir=PATH to a local copy (torchvision's cifar-10-batches-py, "
+                 "or a folder with train/ and val/ or test/ class subfolders)")
+    train, test = (Split(s.data, np.array(s.targets, dtype=np.int64)) for s in sets)
+    return Data(train, test, tuple(sets[0].classes), f"torchvision CIFAR-10 in {root}", "test")
+
+
+def synthetic(n_train=64, n_test=32, seed=0):
+    """Random images whose class shifts the colour a little: learnable, no files needed."""
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        labels = rng.integers(0, len(CIFAR10_CLASSES), n)
+        images = rng.integers(0, 200, (n, IMAGE_SIZE, IMAGE_SIZE, 3)) + 5 * labels[:, None, None, None]
+        return Split(images.astype(np.uint8), labels.astype(np.int64))
+
+    return Data(split(n_train), split(n_test), CIFAR10_CLASSES, "synthetic (dry run)", "test")
+
+
+def load_data(cfg):
+    if cfg.dry_run:
+        return synthetic(seed=cfg.seed)
+    if os.path.isdir(os.path.join(cfg.data_dir, "train")):
+        return load_folder(cfg.data_dir)
+    return load_cifar10(cfg.data_dir, cfg.download)
+
+
+class AugmentedDataset(torch.utils.data.Dataset):
+    """Applies an Albumentations pipeline to in-memory uint8 images.
+
+    Keys are (epoch, index) pairs from EpochSampler. Each batch reseeds the
+    pipeline from (seed, epoch, first index), so the augmentation an image gets
+    depends on the seed and the epoch only: not on worker count or on resuming.
+    """
+
+    def __init__(self, split, transform, seed=0):
+        self.split, self.transform, self.seed = split, transform, seed
+
+    def __len__(self):
+        return len(self.split.labels)
+
+    def _sample(self, index):
+        image = self.transform(image=self.split.images[index])["image"]
+        return image, int(self.split.labels[index])
+
+    def __getitems__(self, keys):
+        epoch, first = keys[0]
+        self.transform.set_random_state(np.random.default_rng((self.seed, epoch, first)),
+                                        random.Random(hash((self.seed, epoch, first))))
+        return [self._sample(index) for _, index in keys]
+
+    def __getitem__(self, key):
+        return self.__getitems__([key])[0]
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields (epoch, index) keys; the order is a function of (seed, epoch) alone."""
+
+    def __init__(self, n, seed=0, shuffle=True):
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        else:
+            order = torch.arange(self.n)
+        return ((self.epoch, i) for i in order.tolist())
+
+
+def _worker_init(worker_id):
+    cv2.setNumThreads(0)  # one OpenCV thread per worker: workers already run in parallel
+
+
+def make_loader(split, transform, cfg, device, train):
+    """DataLoader over a split; training batches are shuffled and the last partial one dropped."""
+    sampler = EpochSampler(len(split.labels), cfg.seed, shuffle=train)
+    workers = cfg.workers if train else 0  # evaluation is cheap: no extra processes
+    return torch.utils.data.DataLoader(
+        AugmentedDataset(split, transform, cfg.seed), batch_size=cfg.batch_size, sampler=sampler,
+        num_workers=workers, persistent_workers=workers > 0, worker_init_fn=_worker_init,
+        pin_memory=device.type == "cuda", drop_last=train and len(split.labels) > cfg.batch_size,
+    )

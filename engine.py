@@ -1,0 +1,120 @@
+"""Training and evaluation loops and the metrics built on them.
+
+Every function returns plain dicts or tensors; nothing here prints except the
+progress bar, and the device always comes from the model's parameters.
+"""
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from transforms import cutmix
+
+
+def autocast(device, enabled=True):
+    """Mixed precision on CUDA: bf16 where the GPU has it, else fp16 (needs a GradScaler)."""
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=amp_dtype(device))
+
+
+def amp_dtype(device):
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _to(x, device, channels_last):
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def train_one_epoch(model, loader, optimizer, scheduler=None, *, label_smoothing=0.0, cutmix_p=0.0,
+                    num_classes=10, scaler=None, amp=True, channels_last=False, desc="train"):
+    """One pass over loader. Returns {'loss': mean per sample, 'acc': percent, 'lr': LR of the last step}.
+
+    Loss and accuracy are summed per sample over the epoch and divided by the
+    number of samples seen. Under CutMix a sample counts as correct when the
+    prediction matches the label with the larger weight.
+    """
+    device = next(model.parameters()).device
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)  # no bar when not a terminal
+    for step, (images, labels) in enumerate(bar):
+        images, labels = _to(images, device, channels_last), labels.to(device, non_blocking=True)
+        if cutmix_p > 0:
+            images, targets = cutmix(images, labels, num_classes, cutmix_p)
+            labels = targets.argmax(1)
+        else:
+            targets = labels
+        with autocast(device, amp):
+            logits = model(images)
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss ({loss.item()}) at step {step}")
+        lr = optimizer.param_groups[0]["lr"]  # the LR this step uses
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        n = labels.numel()
+        total_loss += loss.item() * n  # loss is a batch mean
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += n
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}%", lr=f"{lr:.4f}")
+    return {"loss": total_loss / seen, "acc": 100 * correct / seen, "lr": lr}
+
+
+@torch.no_grad()
+def predict(model, loader, *, amp=True, channels_last=False):
+    """Logits (N, C) float32 and labels (N,) for a whole split, on the CPU, in loader order."""
+    device = next(model.parameters()).device
+    model.eval()
+    all_logits, all_labels = [], []
+    for images, labels in loader:
+        with autocast(device, amp):
+            logits = model(_to(images, device, channels_last))
+        all_logits.append(logits.float().cpu())
+        all_labels.append(labels)
+    return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def metrics(logits, labels):
+    """{'loss': mean cross-entropy per sample, 'acc': percent correct} over all samples given."""
+    return {"loss": F.cross_entropy(logits, labels, reduction="sum").item() / len(labels),
+            "acc": 100 * (logits.argmax(1) == labels).sum().item() / len(labels)}
+
+
+def evaluate(model, loader, **kwargs):
+    return metrics(*predict(model, loader, **kwargs))
+
+
+def misclassified(logits, labels, k=25):
+    """Indices of up to k wrong predictions, the most confident mistakes first."""
+    confidence, predicted = logits.softmax(1).max(1)
+    wrong = (predicted != labels).nonzero().flatten()
+    return wrong[confidence[wrong].argsort(descending=True)][:k]
+
+
+def confusion_matrix(logits, labels, num_classes):
+    """(C, C) counts: row = true class, column = predicted class."""
+    index = labels * num_classes + logits.argmax(1)
+    return torch.bincount(index, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def per_class_accuracy(confusion):
+    """Percent correct per true class."""
+    return 100 * confusion.diag() / confusion.sum(1).clamp(min=1)
+
+
+def param_groups(model, weight_decay):
+    """Weight decay on conv and linear weights only; none on BatchNorm and biases."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

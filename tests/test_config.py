@@ -1,0 +1,43 @@
+import pytest
+
+from config import Config, parse_args, resolve_device
+
+
+def test_defaults_and_overrides_in_both_forms():
+    assert parse_args([]) == Config()
+    cfg = parse_args(["--epochs=30", "--lr", "0.05", "--data_dir=/x", "--dry-run", "--amp=false"])
+    assert (cfg.epochs, cfg.lr, cfg.data_dir, cfg.dry_run, cfg.amp) == (30, 0.05, "/x", True, False)
+
+
+def test_help_lists_every_field_with_default_and_comment(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for field in Config.__dataclass_fields__:
+        assert "--" + field.replace("_", "-") in text
+    assert "passes over the training split (default: 15)" in text
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--epoch=3"], "--epoch=3"),
+    (["--epochs=three"], "--epochs"),
+    (["--lr=fast"], "--lr"),
+    (["--amp=maybe"], "--amp"),
+    (["--epochs=0"], "--epochs"),
+    (["--hole-size=40"], "--hole-size"),
+    (["--cutmix-p=1.5"], "--cutmix-p"),
+    (["--batch-size=-1"], "--batch-size"),
+])
+def test_bad_values_are_one_line_errors_naming_the_key(argv, words):
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    message = str(e.value.code)
+    assert message.startswith("error:") and words in message and "\n" not in message
+
+
+def test_device_resolution():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cuda", "mps", "cpu")
+    with pytest.raises(SystemExit, match="unknown device"):
+        resolve_device("tpu")

@@ -1,0 +1,96 @@
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+import engine
+from data import AugmentedDataset, EpochSampler, Split
+from model import Net
+from transforms import test_transforms
+
+
+class FixedLogits(nn.Module):
+    """Returns preset logits for the i-th, (i+1)-th, ... image it is shown: a model with known predictions."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits, self.seen = logits, 0
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        out = self.logits[self.seen:self.seen + len(x)]
+        self.seen += len(x)
+        return out
+
+
+def loader(n, batch_size):
+    """Uneven last batch on purpose: n is not a multiple of batch_size."""
+    split = Split(np.zeros((n, 32, 32, 3), np.uint8), np.arange(n) % 10)
+    return torch.utils.data.DataLoader(AugmentedDataset(split, test_transforms()), batch_size=batch_size,
+                                       sampler=EpochSampler(n, shuffle=False))
+
+
+def test_evaluate_averages_over_every_sample():
+    torch.manual_seed(0)
+    n = 10
+    logits = torch.randn(n, 10)
+    logits[:7, :] = 0
+    logits[torch.arange(7), torch.arange(7)] = 5.0  # first 7 right, last 3 arbitrary
+    labels = torch.arange(n) % 10
+    expected_acc = 100 * (logits.argmax(1) == labels).float().mean().item()
+    expected_loss = sum(-torch.log_softmax(logits[i], 0)[labels[i]].item() for i in range(n)) / n
+    result = engine.evaluate(FixedLogits(logits), loader(n, batch_size=4))
+    assert math.isclose(result["acc"], expected_acc)
+    assert math.isclose(result["loss"], expected_loss, rel_tol=1e-5)
+
+
+def test_predict_returns_all_logits_and_labels_in_order():
+    logits = torch.randn(9, 10)
+    out, labels = engine.predict(FixedLogits(logits), loader(9, batch_size=4))
+    assert torch.equal(out, logits) and torch.equal(labels, torch.arange(9) % 10)
+
+
+def test_confusion_matrix_and_per_class_accuracy():
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    logits = nn.functional.one_hot(torch.tensor([0, 1, 1, 1, 0]), 3).float()
+    cm = engine.confusion_matrix(logits, labels, 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert engine.per_class_accuracy(cm).tolist() == [50.0, 100.0, 0.0]
+
+
+def test_misclassified_most_confident_first():
+    labels = torch.tensor([0, 1, 2, 3])
+    logits = torch.tensor([[9.0, 0, 0, 0], [3.0, 0, 0, 0], [0, 0, 0, 8.0], [0, 0, 0, 1.0]])
+    assert engine.misclassified(logits, labels).tolist() == [2, 1]
+
+
+def test_no_weight_decay_on_batchnorm_and_biases():
+    groups = engine.param_groups(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), 5e-4)
+    assert [p.shape for p in groups[0]["params"]] == [torch.Size([4, 3, 3, 3])]
+    assert groups[1]["weight_decay"] == 0 and len(groups[1]["params"]) == 3
+
+
+def test_net_overfits_a_small_batch():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 32))
+    batches = torch.utils.data.DataLoader(AugmentedDataset(split, test_transforms()), batch_size=32,
+                                          sampler=EpochSampler(32, shuffle=False))
+    model = Net(dropout=0.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = engine.train_one_epoch(model, batches, optimizer)
+    for _ in range(40):
+        last = engine.train_one_epoch(model, batches, optimizer)
+    assert last["loss"] < 0.1 * first["loss"]
+    assert engine.evaluate(model, batches)["acc"] == 100.0
+
+
+def test_train_loss_is_mean_per_sample():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    batches = loader(10, batch_size=4)
+    before = [p.detach().clone() for p in model.parameters()]
+    result = engine.train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.0))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert math.isclose(result["loss"], engine.evaluate(model, batches)["loss"], rel_tol=1e-5)

@@ -1,0 +1,97 @@
+import ast
+import pathlib
+
+import pytest
+import torch
+from torch import nn
+
+from model import Net, architecture_rules, count_params, receptive_field
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return Net()
+
+
+def test_forward_shape_and_finite(net):
+    out = net.eval()(torch.randn(4, 3, 32, 32))
+    assert out.shape == (4, 10)
+    assert torch.isfinite(out).all()
+
+
+def test_parameter_budget(net):
+    params = count_params(net)
+    assert params < 200_000
+    assert params == sum(p.numel() for p in net.parameters())  # every parameter trains
+    assert count_params(nn.Linear(3, 2).requires_grad_(False)) == 0
+
+
+def test_no_max_pooling(net):
+    assert not any(isinstance(m, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)) for m in net.modules())
+
+
+def test_downsampling_is_exactly_three_3x3_stride2_convs(net):
+    strided = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.stride != (1, 1)]
+    assert len(strided) == 3
+    assert all(m.kernel_size == (3, 3) and m.stride == (2, 2) for m in strided)
+    shapes = []
+    for block in (net.c1, net.c2, net.c3, net.c4):
+        block.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[2:])))
+    net.eval()(torch.randn(1, 3, 32, 32))
+    assert shapes == [(32, 32), (16, 16), (8, 8), (4, 4)]
+
+
+def test_depthwise_separable_and_dilated(net):
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    pairs = [(a, b) for a, b in zip(convs, convs[1:])
+             if a.groups == a.in_channels == a.out_channels and a.kernel_size == (3, 3)
+             and b.kernel_size == (1, 1) and b.groups == 1]
+    assert pairs, "no depthwise 3x3 followed by a pointwise 1x1"
+    assert any(m.dilation[0] > 1 for m in convs)
+
+
+def test_global_average_pooling_then_linear(net):
+    assert isinstance(net.head[0], nn.AdaptiveAvgPool2d) and net.head[0].output_size in (1, (1, 1))
+    assert isinstance(net.head[-1], nn.Linear) and net.head[-1].out_features == 10
+
+
+def test_rules_table_passes(net):
+    failed = [rule for rule, _, ok in architecture_rules(net) if not ok]
+    assert failed == []
+
+
+def test_receptive_field_table_is_computed_from_the_model():
+    rows = receptive_field(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, stride=2),
+                                         nn.Conv2d(4, 4, 3, dilation=2)))
+    assert [(r["jump"], r["rf"]) for r in rows] == [(1, 3), (2, 5), (2, 13)]
+    assert receptive_field(Net())[-1]["rf"] > 44
+
+
+def measured_receptive_field(net, size=192):
+    """Width of the input region that one central pre-pooling unit depends on, by its input gradient."""
+    net = net.eval()
+    with torch.no_grad():  # every path active: positive weights, identity BatchNorm, positive input
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.fill_(1.0 / m.weight[0].numel())
+            elif isinstance(m, nn.BatchNorm2d):
+                m.reset_parameters()
+                m.reset_running_stats()
+    x = torch.ones(1, 3, size, size, requires_grad=True)
+    features = net.c4(net.c3(net.c2(net.c1(x))))
+    h, w = features.shape[2:]
+    features[0, :, h // 2, w // 2].sum().backward()
+    rows = x.grad[0].abs().sum(0).sum(1).nonzero().flatten()
+    return (rows.max() - rows.min() + 1).item()
+
+
+def test_receptive_field_matches_input_gradient_extent():
+    assert measured_receptive_field(Net()) == receptive_field(Net())[-1]["rf"]
+
+
+def test_model_imports_only_torch():
+    tree = ast.parse(pathlib.Path(__file__).parents[1].joinpath("model.py").read_text())
+    modules = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    modules |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert modules == {"torch"}

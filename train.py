@@ -1,0 +1,238 @@
+"""Train Net on CIFAR-10: python train.py [--key=value ...]; python train.py --help lists every key.
+
+Writes runs/<date-time>/ (or --out-dir): config.json, history.csv, best.pt, last.pt,
+curves.png, misclassified.png, confusion.png and summary.json.
+"""
+import copy
+import csv
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, replace
+
+import numpy as np
+import torch
+from torchsummary import summary
+
+import engine
+import plots
+from config import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE, Config, parse_args, resolve_device
+from data import load_data, make_loader
+from model import Net, architecture_rules, count_params, receptive_field
+from transforms import test_transforms, train_transforms
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def save_atomic(obj, path):
+    """torch.save to a temp file, then rename: a crash never leaves a half-written checkpoint."""
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    """A checkpoint dict from a run dir (its last.pt) or a .pt file; exits with one line if unusable."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "last.pt")
+    if not os.path.isfile(path):
+        sys.exit(f"error: no checkpoint at {path}; pass a run dir or a .pt file written by train.py")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
+    except Exception as e:  # truncated, foreign or not a torch file at all
+        sys.exit(f"error: cannot read checkpoint {path} ({type(e).__name__}); it is damaged or not from train.py")
+    if not isinstance(ckpt, dict) or not {"model", "config", "epoch"} <= ckpt.keys():
+        sys.exit(f"error: {path} is not a train.py checkpoint (no model/config/epoch entries)")
+    ckpt["path"] = path
+    return ckpt
+
+
+def load_weights(model, state):
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        sys.exit(f"error: checkpoint does not fit this model ({first}); use the config it was trained with")
+
+
+def new_run_dir(cfg):
+    if cfg.out_dir:
+        path = cfg.out_dir
+    else:
+        path = os.path.join("runs", ("dry-run-" if cfg.dry_run else "") + time.strftime("%Y%m%d-%H%M%S"))
+    if os.path.isdir(path) and os.listdir(path):
+        sys.exit(f"error: {path} already holds files; pick another --out-dir or --resume={path}")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        sys.exit(f"error: cannot create output dir {path} ({e.strerror})")
+    return path
+
+
+def print_model_report(model, device):
+    """torchsummary table, parameter count, receptive-field table and the assignment's rules."""
+    probe = copy.deepcopy(model)  # torchsummary runs a train-mode batch, which would move BN statistics
+    if device.type not in ("cpu", "cuda"):  # torchsummary knows only these two
+        probe = probe.cpu()
+    summary(probe, (3, IMAGE_SIZE, IMAGE_SIZE), device=next(probe.parameters()).device.type)
+    print(f"trainable parameters: {count_params(model):,}")
+    print(f"\n{'layer':24} {'k':>2} {'s':>2} {'d':>2} {'jump':>5} {'RF':>4}")
+    for r in receptive_field(model):
+        print(f"{r['layer']:24} {r['kernel']:>2} {r['stride']:>2} {r['dilation']:>2} {r['jump']:>5} {r['rf']:>4}")
+    print(f"\n{'rule':36} {'value':>14}  result")
+    for rule, value, ok in architecture_rules(model):
+        print(f"{rule:36} {str(value):>14}  {'pass' if ok else 'FAIL'}")
+
+
+def write_history_csv(history, path):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def save_analysis(model, loader, data, run_dir, cfg):
+    """Evaluate once on the test split; save the confusion matrix and misclassified grid. Returns metrics."""
+    logits, labels = engine.predict(model, loader, amp=cfg.amp, channels_last=cfg.channels_last)
+    confusion = engine.confusion_matrix(logits, labels, len(data.classes))
+    wrong = engine.misclassified(logits, labels, k=25)
+    predicted = logits.argmax(1)
+    plots.plot_confusion(confusion, data.classes, os.path.join(run_dir, "confusion.png"))
+    plots.plot_misclassified(data.test.images[wrong.numpy()], labels[wrong].tolist(), predicted[wrong].tolist(),
+                             data.classes, os.path.join(run_dir, "misclassified.png"), CIFAR10_MEAN, CIFAR10_STD)
+    per_class = engine.per_class_accuracy(confusion)
+    print("per-class accuracy: " + ", ".join(f"{c} {a:.1f}%" for c, a in zip(data.classes, per_class.tolist())))
+    return engine.metrics(logits, labels)
+
+
+def prepare(cfg):
+    """Device, data and the test loader, printing what was found."""
+    device = resolve_device(cfg.device)
+    print(f"device: {device}")
+    data = load_data(cfg)
+    print(f"data: {data.source}; train {len(data.train.labels):,} images, "
+          f"{data.test_name} {len(data.test.labels):,} images, {len(data.classes)} classes")
+    return device, data, make_loader(data.test, test_transforms(cfg), cfg, device, train=False)
+
+
+def build_model(cfg, num_classes, device):
+    model = Net(num_classes=num_classes, dropout=cfg.dropout)
+    return model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+
+
+def evaluate_checkpoint(argv, path):
+    ckpt = load_checkpoint(path)
+    cfg = parse_args(argv, base=Config(**ckpt["config"]))
+    cfg = replace(cfg, evaluate=path, resume="")
+    device, data, test_loader = prepare(cfg)
+    model = build_model(cfg, len(data.classes), device)
+    load_weights(model, ckpt["model"])
+    run_dir = cfg.out_dir or os.path.join(os.path.dirname(ckpt["path"]), "evaluate")
+    os.makedirs(run_dir, exist_ok=True)
+    result = save_analysis(model, test_loader, data, run_dir, cfg)
+    print(f"{ckpt['path']} (epoch {ckpt['epoch']}): {data.test_name} loss {result['loss']:.4f} "
+          f"acc {result['acc']:.2f}%; plots in {run_dir}")
+    return {"checkpoint": ckpt["path"], "epoch": ckpt["epoch"], "test_loss": result["loss"],
+            "test_acc": result["acc"], "out_dir": run_dir}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cfg = parse_args(argv)
+    if cfg.evaluate:
+        return evaluate_checkpoint(argv, cfg.evaluate)
+    ckpt = None
+    if cfg.resume:
+        ckpt = load_checkpoint(cfg.resume)
+        cfg = replace(parse_args(argv, base=Config(**ckpt["config"])), resume=cfg.resume)
+        if cfg.epochs != ckpt["config"]["epochs"]:
+            sys.exit(f"error: the run was planned for {ckpt['config']['epochs']} epochs and its LR schedule "
+                     "depends on that; resume without --epochs, or start a new run")
+        run_dir = os.path.dirname(ckpt["path"])
+    else:
+        run_dir = new_run_dir(cfg)
+    if cfg.dry_run:  # tiny and quick, whatever the config says
+        cfg = replace(cfg, epochs=min(cfg.epochs, 2), batch_size=16, workers=0)
+
+    seed_everything(cfg.seed)
+    device, data, test_loader = prepare(cfg)
+    train_loader = make_loader(data.train, train_transforms(cfg), cfg, device, train=True)
+    model = build_model(cfg, len(data.classes), device)
+    print_model_report(model, device)
+
+    optimizer = torch.optim.SGD(engine.param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * len(train_loader), pct_start=cfg.warmup,
+        div_factor=25, final_div_factor=1e4)  # LR: lr/25 -> lr -> ~0, cosine
+    fp16 = cfg.amp and device.type == "cuda" and engine.amp_dtype(device) == torch.float16
+    scaler = torch.amp.GradScaler("cuda") if fp16 else None
+    history, best_acc, best_epoch, start = [], -1.0, 0, 1
+    if ckpt:
+        load_weights(model, ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if scaler and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        history, best_acc, best_epoch = ckpt["history"], ckpt["best_acc"], ckpt["best_epoch"]
+        start = ckpt["epoch"] + 1
+        print(f"resuming {ckpt['path']} at epoch {start}")
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(asdict(cfg), f, indent=2)
+
+    print(f"\ntraining {cfg.epochs} epochs, {len(train_loader)} steps each, batch {cfg.batch_size}; writing {run_dir}")
+    for epoch in range(start, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        # Everything random in an epoch is a function of (seed, epoch), so a resumed run matches.
+        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        train_loader.sampler.set_epoch(epoch)
+        try:
+            train = engine.train_one_epoch(
+                model, train_loader, optimizer, scheduler, label_smoothing=cfg.label_smoothing,
+                cutmix_p=cfg.cutmix_p, num_classes=len(data.classes), scaler=scaler, amp=cfg.amp, channels_last=cfg.channels_last,
+                desc=f"epoch {epoch}/{cfg.epochs}")
+        except KeyboardInterrupt:
+            sys.exit(f"\ninterrupted in epoch {epoch}; continue with: python train.py --resume={run_dir}")
+        except FloatingPointError as e:
+            sys.exit(f"error: epoch {epoch}: {e}; stopped. {run_dir}/last.pt holds the last good epoch "
+                     f"({epoch - 1}); try a lower --lr")
+        test = engine.evaluate(model, test_loader, amp=cfg.amp, channels_last=cfg.channels_last)
+        seconds = time.perf_counter() - t0
+        history.append(dict(epoch=epoch, train_loss=train["loss"], train_acc=train["acc"], test_loss=test["loss"],
+                            test_acc=test["acc"], lr=train["lr"], seconds=seconds))
+        is_best = test["acc"] > best_acc
+        if is_best:
+            best_acc, best_epoch = test["acc"], epoch
+        print(f"epoch {epoch:3d}/{cfg.epochs}  train loss {train['loss']:.4f} acc {train['acc']:6.2f}%  "
+              f"{data.test_name} loss {test['loss']:.4f} acc {test['acc']:6.2f}%  lr {train['lr']:.5f}  "
+              f"{seconds:6.1f}s{'  *' if is_best else ''}", flush=True)
+        state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                     scaler=scaler.state_dict() if scaler else None, epoch=epoch, history=history,
+                     best_acc=best_acc, best_epoch=best_epoch, config=asdict(cfg))
+        save_atomic(state, os.path.join(run_dir, "last.pt"))
+        if is_best:
+            save_atomic(state, os.path.join(run_dir, "best.pt"))
+        write_history_csv(history, os.path.join(run_dir, "history.csv"))
+
+    plots.plot_curves(history, os.path.join(run_dir, "curves.png"))
+    final = save_analysis(model, test_loader, data, run_dir, cfg)
+    result = dict(params=count_params(model), receptive_field=receptive_field(model)[-1]["rf"],
+                  best_test_acc=best_acc, best_epoch=best_epoch, final_test_acc=final["acc"],
+                  final_test_loss=final["loss"], epochs=cfg.epochs,
+                  train_seconds=sum(h["seconds"] for h in history), test_split=data.test_name,
+                  data=data.source, device=str(device), run_dir=run_dir, history=history)
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"\nfinal {data.test_name} acc {final['acc']:.2f}% (best {best_acc:.2f}% at epoch {best_epoch}); "
+          f"{result['train_seconds']:.0f}s of training; files in {run_dir}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
