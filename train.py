@@ -128,8 +128,7 @@ def build_model(cfg, num_classes, device):
 
 def evaluate_checkpoint(argv, path):
     ckpt = load_checkpoint(path)
-    cfg = parse_args(argv, base=Config(**ckpt["config"]))
-    cfg = replace(cfg, evaluate=path, resume="")
+    cfg = parse_args(argv, base=replace(Config(**ckpt["config"]), out_dir=""))  # never write into the run itself
     device, data, test_loader = prepare(cfg)
     model = build_model(cfg, len(data.classes), device)
     load_weights(model, ckpt["model"])
@@ -154,14 +153,12 @@ def main(argv=None):
         if cfg.epochs != ckpt["config"]["epochs"]:
             sys.exit(f"error: the run was planned for {ckpt['config']['epochs']} epochs and its LR schedule "
                      "depends on that; resume without --epochs, or start a new run")
-        run_dir = os.path.dirname(ckpt["path"])
-    else:
-        run_dir = new_run_dir(cfg)
     if cfg.dry_run:  # tiny and quick, whatever the config says
         cfg = replace(cfg, epochs=min(cfg.epochs, 2), batch_size=16, workers=0)
 
     seed_everything(cfg.seed)
-    device, data, test_loader = prepare(cfg)
+    device, data, test_loader = prepare(cfg)  # before anything is written: bad data leaves no trace
+    run_dir = os.path.dirname(ckpt["path"]) if ckpt else new_run_dir(cfg)
     train_loader = make_loader(data.train, train_transforms(cfg), cfg, device, train=True)
     model = build_model(cfg, len(data.classes), device)
     print_model_report(model, device)

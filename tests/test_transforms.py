@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from config import CIFAR10_MEAN, CIFAR10_STD, Config
-from transforms import cutmix, mean_fill, test_transforms, train_transforms
+import transforms as T
 
 ONLY_HOLE = replace(Config(), flip_p=0.0, affine_p=0.0, hole_p=1.0)
 
@@ -19,13 +19,13 @@ def test_building_and_running_the_pipelines_warns_nothing():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         image = np.zeros((32, 32, 3), np.uint8)
-        train_transforms()(image=image)
-        test_transforms()(image=image)
+        T.train_transforms()(image=image)
+        T.test_transforms()(image=image)
 
 
 def test_one_16x16_hole_filled_with_the_dataset_mean():
-    transform = train_transforms(ONLY_HOLE)
-    fill = normalized(mean_fill())
+    transform = T.train_transforms(ONLY_HOLE)
+    fill = normalized(T.mean_fill())
     for seed in range(20):
         transform.set_random_seed(seed)
         out = transform(image=np.full((32, 32, 3), 255, np.uint8))["image"]  # (3, 32, 32)
@@ -37,25 +37,25 @@ def test_one_16x16_hole_filled_with_the_dataset_mean():
 
 
 def test_mean_fill_is_the_uint8_dataset_mean():
-    assert mean_fill() == (125, 123, 114)
+    assert T.mean_fill() == (125, 123, 114)
 
 
 def test_hole_size_follows_config():
-    out = train_transforms(replace(ONLY_HOLE, hole_size=8))(image=np.full((32, 32, 3), 255, np.uint8))["image"]
-    assert torch.isclose(out, normalized(mean_fill())[:, None, None], atol=1e-4).all(0).sum() == 64
+    out = T.train_transforms(replace(ONLY_HOLE, hole_size=8))(image=np.full((32, 32, 3), 255, np.uint8))["image"]
+    assert torch.isclose(out, normalized(T.mean_fill())[:, None, None], atol=1e-4).all(0).sum() == 64
 
 
 def test_horizontal_flip():
     cfg = replace(Config(), flip_p=1.0, affine_p=0.0, hole_p=0.0)
     image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    flipped = train_transforms(cfg)(image=image)["image"]
-    expected = test_transforms()(image=image[:, ::-1].copy())["image"]
+    flipped = T.train_transforms(cfg)(image=image)["image"]
+    expected = T.test_transforms()(image=image[:, ::-1].copy())["image"]
     assert torch.allclose(flipped, expected)
 
 
 def test_test_transform_normalizes_exactly():
     image = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    out = test_transforms()(image=image)["image"]
+    out = T.test_transforms()(image=image)["image"]
     expected = (torch.from_numpy(image).permute(2, 0, 1).float() / 255 - torch.tensor(CIFAR10_MEAN)[:, None, None]) \
         / torch.tensor(CIFAR10_STD)[:, None, None]
     assert out.dtype == torch.float32 and out.shape == (3, 32, 32)
@@ -65,16 +65,16 @@ def test_test_transform_normalizes_exactly():
 def test_affine_moves_pixels_and_keeps_shape():
     cfg = replace(Config(), flip_p=0.0, affine_p=1.0, hole_p=0.0)
     image = np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    out = train_transforms(cfg)(image=image)["image"]
+    out = T.train_transforms(cfg)(image=image)["image"]
     assert out.shape == (3, 32, 32)
-    assert not torch.allclose(out, test_transforms()(image=image)["image"])
+    assert not torch.allclose(out, T.test_transforms()(image=image)["image"])
 
 
 def test_cutmix_soft_labels_match_the_pasted_area():
     torch.manual_seed(0)
     images = torch.stack([torch.zeros(3, 32, 32), torch.ones(3, 32, 32)])  # class 0 all 0s, class 1 all 1s
     labels = torch.tensor([0, 1])
-    mixed, targets = cutmix(images, labels, num_classes=10, p=1.0)
+    mixed, targets = T.cutmix(images, labels, num_classes=10, p=1.0)
     assert targets.shape == (2, 10)
     assert torch.allclose(targets.sum(1), torch.ones(2))
     for i in range(2):
@@ -84,6 +84,6 @@ def test_cutmix_soft_labels_match_the_pasted_area():
 
 def test_cutmix_off_gives_one_hot():
     images, labels = torch.randn(4, 3, 32, 32), torch.tensor([3, 1, 4, 1])
-    mixed, targets = cutmix(images, labels, num_classes=10, p=0.0)
+    mixed, targets = T.cutmix(images, labels, num_classes=10, p=0.0)
     assert torch.equal(mixed, images)
     assert torch.equal(targets.argmax(1), labels) and torch.equal(targets.sum(1), torch.ones(4))

@@ -1,0 +1,107 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARTIFACTS = ["config.json", "history.csv", "best.pt", "last.pt", "curves.png", "misclassified.png",
+             "confusion.png", "summary.json"]
+
+
+def comparable(history):
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dry") / "run"
+    return out, train.main(["--dry-run", f"--out-dir={out}"])
+
+
+def test_dry_run_writes_every_artifact(dry_run):
+    out, result = dry_run
+    for name in ARTIFACTS:
+        assert (out / name).stat().st_size > 0, name
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("params", "receptive_field", "best_test_acc", "best_epoch", "final_test_acc", "epochs",
+                "train_seconds", "history"):
+        assert key in summary, key
+    assert summary["params"] < 200_000 and summary["receptive_field"] > 44
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]
+    assert set(summary["history"][0]) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
+                                          "seconds"}
+    assert all(0 <= h["test_acc"] <= 100 for h in summary["history"])
+    assert summary["best_test_acc"] == max(h["test_acc"] for h in summary["history"])
+    assert (out / "history.csv").read_text().splitlines()[0] == \
+        "epoch,train_loss,train_acc,test_loss,test_acc,lr,seconds"
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and not os.path.exists(out / "last.pt.tmp")
+
+
+def test_resume_continues_a_stopped_run_exactly(dry_run, tmp_path, monkeypatch):
+    _, full = dry_run
+    out = tmp_path / "stopped"
+    real_train = train.engine.train_one_epoch
+    calls = []
+
+    def interrupted_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(train.engine, "train_one_epoch", interrupted_in_epoch_2)
+    with pytest.raises(SystemExit, match=f"--resume={out}"):
+        train.main(["--dry-run", f"--out-dir={out}"])
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(train.engine, "train_one_epoch", real_train)
+
+    resumed = train.main(["--dry-run", f"--resume={out}"])
+    assert comparable(resumed["history"]) == comparable(full["history"])
+    a = torch.load(out / "last.pt", weights_only=True)["model"]
+    b = torch.load(os.path.join(full["run_dir"], "last.pt"), weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_evaluate_reproduces_the_final_accuracy(dry_run):
+    out, result = dry_run
+    evaluated = train.main([f"--evaluate={out}"])
+    assert evaluated["test_acc"] == result["final_test_acc"]
+    assert (out / "evaluate" / "confusion.png").exists()
+
+
+def test_existing_run_dir_is_not_overwritten(dry_run):
+    out, _ = dry_run
+    before = (out / "last.pt").read_bytes()
+    with pytest.raises(SystemExit, match="already holds files"):
+        train.main(["--dry-run", f"--out-dir={out}"])
+    assert (out / "last.pt").read_bytes() == before
+
+
+def test_resume_refuses_a_damaged_checkpoint(tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="cannot read checkpoint"):
+        train.main([f"--resume={tmp_path}"])
+
+
+def test_missing_data_offline_is_a_one_line_error_and_writes_nothing(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), f"--data-dir={tmp_path / 'none'}",
+                           "--download=false"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "--data-dir=PATH" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_command_line_dry_run(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--dry-run", f"--out-dir={tmp_path}/r"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for words in ("device: cpu", "Trainable params:", "receptive field > 44", "epoch   2/2", "final test acc"):
+        assert words in proc.stdout, words
