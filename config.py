@@ -52,6 +52,8 @@ class Config:
     device: str = "auto"  # auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); ignored on CPU
     channels_last: bool = True  # NHWC memory layout for the model and its inputs
+    compile: bool = False  # torch.compile the model (slow first epoch, faster after; CUDA mainly)
+    threads: int = 0  # CPU threads for PyTorch's math (0: PyTorch's default, one per core)
     out_dir: str = ""  # where this run writes its files; empty: runs/<date-time>
     resume: str = ""  # run dir or checkpoint to continue from
     evaluate: str = ""  # run dir or checkpoint to evaluate on the test split (no training)
@@ -113,6 +115,7 @@ def check(cfg):
         ("epochs", cfg.epochs >= 1, "at least 1"),
         ("batch_size", cfg.batch_size >= 1, "at least 1"),
         ("workers", cfg.workers >= 0, "0 or more"),
+        ("threads", cfg.threads >= 0, "0 or more"),
         ("lr", cfg.lr > 0, "positive"),
         ("warmup", 0 < cfg.warmup < 1, "between 0 and 1, exclusive"),
         ("momentum", 0 <= cfg.momentum < 1, "in [0, 1)"),

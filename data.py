@@ -166,7 +166,7 @@ def _worker_init(worker_id):
 def make_loader(split, transform, cfg, device, train):
     """DataLoader over a split; training batches are shuffled and the last partial one dropped."""
     sampler = EpochSampler(len(split.labels), cfg.seed, shuffle=train)
-    workers = cfg.workers if train else 0  # evaluation is cheap: no extra processes
+    workers = cfg.workers if train or device.type == "cuda" else 0  # CPU evaluation is cheap: no extra processes
     return torch.utils.data.DataLoader(
         AugmentedDataset(split, transform, cfg.seed), batch_size=cfg.batch_size, sampler=sampler,
         num_workers=workers, persistent_workers=workers > 0, worker_init_fn=_worker_init,

@@ -23,7 +23,7 @@ def amp_dtype(device):
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _to(x, device, channels_last):
+def to_device(x, device, channels_last):
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
@@ -41,7 +41,7 @@ def train_one_epoch(model, loader, optimizer, scheduler=None, *, label_smoothing
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)  # no bar when not a terminal
     for step, (images, labels) in enumerate(bar):
-        images, labels = _to(images, device, channels_last), labels.to(device, non_blocking=True)
+        images, labels = to_device(images, device, channels_last), labels.to(device, non_blocking=True)
         if cutmix_p > 0:
             images, targets = cutmix(images, labels, num_classes, cutmix_p)
             labels = targets.argmax(1)
@@ -79,7 +79,7 @@ def predict(model, loader, *, amp=True, channels_last=False):
     all_logits, all_labels = [], []
     for images, labels in loader:
         with autocast(device, amp):
-            logits = model(_to(images, device, channels_last))
+            logits = model(to_device(images, device, channels_last))
         all_logits.append(logits.float().cpu())
         all_labels.append(labels)
     return torch.cat(all_logits), torch.cat(all_labels)

@@ -112,9 +112,13 @@ def save_analysis(model, loader, data, run_dir, cfg):
 
 
 def prepare(cfg):
-    """Device, data and the test loader, printing what was found."""
+    """Device, runtime settings, data and the test loader, printing what was found."""
     device = resolve_device(cfg.device)
-    print(f"device: {device}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
+    print(f"device: {device}, {torch.get_num_threads()} CPU threads, {cfg.workers} data workers")
     data = load_data(cfg)
     print(f"data: {data.source}; train {len(data.train.labels):,} images, "
           f"{data.test_name} {len(data.test.labels):,} images, {len(data.classes)} classes")
@@ -124,6 +128,17 @@ def prepare(cfg):
 def build_model(cfg, num_classes, device):
     model = Net(num_classes=num_classes, dropout=cfg.dropout)
     return model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+
+
+def make_optimizer(cfg, model, steps_per_epoch, device):
+    """Nesterov SGD, one-cycle LR (lr/25 -> lr -> ~0, cosine), and a loss scaler when AMP runs in fp16."""
+    optimizer = torch.optim.SGD(engine.param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.warmup,
+        div_factor=25, final_div_factor=1e4)
+    fp16 = cfg.amp and device.type == "cuda" and engine.amp_dtype(device) == torch.float16
+    return optimizer, scheduler, torch.amp.GradScaler("cuda") if fp16 else None
 
 
 def evaluate_checkpoint(argv, path):
@@ -162,14 +177,9 @@ def main(argv=None):
     train_loader = make_loader(data.train, train_transforms(cfg), cfg, device, train=True)
     model = build_model(cfg, len(data.classes), device)
     print_model_report(model, device)
+    fast_model = torch.compile(model) if cfg.compile else model  # same weights; `model` is what gets saved
 
-    optimizer = torch.optim.SGD(engine.param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * len(train_loader), pct_start=cfg.warmup,
-        div_factor=25, final_div_factor=1e4)  # LR: lr/25 -> lr -> ~0, cosine
-    fp16 = cfg.amp and device.type == "cuda" and engine.amp_dtype(device) == torch.float16
-    scaler = torch.amp.GradScaler("cuda") if fp16 else None
+    optimizer, scheduler, scaler = make_optimizer(cfg, model, len(train_loader), device)
     history, best_acc, best_epoch, start = [], -1.0, 0, 1
     if ckpt:
         load_weights(model, ckpt["model"])
@@ -191,7 +201,7 @@ def main(argv=None):
         train_loader.sampler.set_epoch(epoch)
         try:
             train = engine.train_one_epoch(
-                model, train_loader, optimizer, scheduler, label_smoothing=cfg.label_smoothing,
+                fast_model, train_loader, optimizer, scheduler, label_smoothing=cfg.label_smoothing,
                 cutmix_p=cfg.cutmix_p, num_classes=len(data.classes), scaler=scaler, amp=cfg.amp, channels_last=cfg.channels_last,
                 desc=f"epoch {epoch}/{cfg.epochs}")
         except KeyboardInterrupt:
@@ -199,7 +209,7 @@ def main(argv=None):
         except FloatingPointError as e:
             sys.exit(f"error: epoch {epoch}: {e}; stopped. {run_dir}/last.pt holds the last good epoch "
                      f"({epoch - 1}); try a lower --lr")
-        test = engine.evaluate(model, test_loader, amp=cfg.amp, channels_last=cfg.channels_last)
+        test = engine.evaluate(fast_model, test_loader, amp=cfg.amp, channels_last=cfg.channels_last)
         seconds = time.perf_counter() - t0
         history.append(dict(epoch=epoch, train_loss=train["loss"], train_acc=train["acc"], test_loss=test["loss"],
                             test_acc=test["acc"], lr=train["lr"], seconds=seconds))

@@ -105,3 +105,11 @@ def test_command_line_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for words in ("device: cpu", "Trainable params:", "receptive field > 44", "epoch   2/2", "final test acc"):
         assert words in proc.stdout, words
+
+
+def test_model_report_leaves_batchnorm_statistics_alone(capsys):
+    model = train.Net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train.print_model_report(model, torch.device("cpu"))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert "Trainable params: " in capsys.readouterr().out

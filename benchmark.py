@@ -1,0 +1,139 @@
+"""Where an epoch's seconds go: python benchmark.py [--steps=N] [--repeats=N] [--full-epoch=false] [--json=PATH]
+[any train.py option, e.g. --device=cuda --batch-size=512 --workers=4].
+
+Measures, for the default Net and config, images per second of
+  data      the training DataLoader alone (decode-free uint8 in memory -> augmented, normalized batches)
+  train     one optimizer step on a ready batch on the device (forward + backward + SGD)
+  eval      inference on a ready batch on the device
+  epoch     a real training epoch (loader + steps), as train.py runs it
+plus peak memory. Warm-up steps are not timed, CUDA is synchronized before
+every clock read, and each figure is the median of --repeats runs.
+"""
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict, replace
+
+import torch
+import torch.nn.functional as F
+
+import engine
+from config import parse_args
+from data import make_loader, synthetic
+from train import build_model, make_optimizer, prepare
+from transforms import train_transforms
+
+
+def clock(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def median_rate(run, images, repeats, device):
+    """Median images/s of `run()` over repeats; run() processes `images` images."""
+    rates = []
+    for _ in range(repeats):
+        t0 = clock(device)
+        run()
+        rates.append(images / (clock(device) - t0))
+    return statistics.median(rates)
+
+
+def data_rate(loader, steps, repeats, device):
+    it = iter(loader)
+    next(it)  # warm-up: starts the workers
+
+    def run():
+        for _ in range(steps):
+            next(it)
+    return median_rate(run, steps * loader.batch_size, repeats, device)
+
+
+def step_rates(cfg, model, batch, steps, repeats, device):
+    optimizer, _, scaler = make_optimizer(cfg, model, steps * (repeats + 1), device)
+    images, labels = batch
+
+    def train_step():
+        with engine.autocast(device, cfg.amp):
+            loss = F.cross_entropy(model(images).float(), labels, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+
+    @torch.no_grad()
+    def eval_step():
+        with engine.autocast(device, cfg.amp):
+            model(images)
+
+    rates = {}
+    for name, step, mode in (("train", train_step, model.train), ("eval", eval_step, model.eval)):
+        mode()
+        for _ in range(3):  # warm-up: allocator, cuDNN autotuning, torch.compile
+            step()
+        rates[name] = median_rate(lambda: [step() for _ in range(steps)], steps * len(images), repeats, device)
+    return rates
+
+
+def main(argv=None):
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
+    own.add_argument("--repeats", type=int, default=3, help="repeats; the median is reported")
+    own.add_argument("--full-epoch", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
+    own.add_argument("--json", default="benchmark.json", help="where to write the results")
+    args, rest = own.parse_known_args(sys.argv[1:] if argv is None else argv)
+    cfg = parse_args(rest)
+    device, data, _ = prepare(cfg)
+    if cfg.dry_run:  # no data needed: a CIFAR-10-sized synthetic training split
+        data = synthetic(n_train=45_000, n_test=10, seed=cfg.seed)
+    loader = make_loader(data.train, train_transforms(cfg), cfg, device, train=True)
+    model = build_model(cfg, len(data.classes), device)
+    fast_model = torch.compile(model) if cfg.compile else model
+    images, labels = next(iter(make_loader(data.train, train_transforms(cfg), replace(cfg, workers=0), device,
+                                           train=True)))
+    batch = (engine.to_device(images, device, cfg.channels_last), labels.to(device))
+
+    rates = {"data": data_rate(loader, args.steps, args.repeats, device)}
+    rates.update(step_rates(cfg, fast_model, batch, args.steps, args.repeats, device))
+    if args.full_epoch:
+        optimizer, scheduler, scaler = make_optimizer(cfg, model, len(loader), device)
+        t0 = clock(device)
+        engine.train_one_epoch(fast_model, loader, optimizer, scheduler, label_smoothing=cfg.label_smoothing,
+                               cutmix_p=cfg.cutmix_p, num_classes=len(data.classes), scaler=scaler, amp=cfg.amp,
+                               channels_last=cfg.channels_last)
+        epoch_seconds = clock(device) - t0
+        rates["epoch"] = len(loader) * cfg.batch_size / epoch_seconds
+    if device.type == "cuda":
+        peak = {"peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20}
+    else:  # ru_maxrss is KiB on Linux: the whole process, data included
+        peak = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+    n_train = len(data.train.labels)
+    print(f"\n{'stage':8} {'images/s':>10} {'s/epoch':>9}   ({n_train:,} training images, batch {cfg.batch_size})")
+    for name, rate in rates.items():
+        print(f"{name:8} {rate:10.0f} {n_train / rate:9.1f}")
+    for name, mib in peak.items():
+        print(f"{name}: {mib:.0f}")
+    result = dict(device=str(device), gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                  cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+                  workers=cfg.workers, batch_size=cfg.batch_size, steps=args.steps, repeats=args.repeats,
+                  torch=torch.__version__, data=data.source if not cfg.dry_run else "synthetic 45,000",
+                  images_per_s=rates, seconds_per_epoch={k: n_train / v for k, v in rates.items()},
+                  **peak, config=asdict(cfg))
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
