@@ -55,6 +55,7 @@ class Config:
     compile: bool = False  # torch.compile the model (slow first epoch, faster after; CUDA mainly)
     threads: int = 0  # CPU threads for PyTorch's math (0: PyTorch's default, one per core)
     out_dir: str = ""  # where this run writes its files; empty: runs/<date-time>
+    overwrite: bool = False  # allow out_dir to be a directory that already holds files
     resume: str = ""  # run dir or checkpoint to continue from
     evaluate: str = ""  # run dir or checkpoint to evaluate on the test split (no training)
     dry_run: bool = False  # whole program on a tiny synthetic dataset, a few steps, no data needed

@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import asdict, replace
@@ -30,10 +31,10 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def save_atomic(obj, path):
-    """torch.save to a temp file, then rename: a crash never leaves a half-written checkpoint."""
+def write_atomic(path, write):
+    """write(tmp_path), then rename over path: a crash or kill never leaves a half-written file."""
     tmp = path + ".tmp"
-    torch.save(obj, tmp)
+    write(tmp)
     os.replace(tmp, path)
 
 
@@ -66,12 +67,15 @@ def new_run_dir(cfg):
         path = cfg.out_dir
     else:
         path = os.path.join("runs", ("dry-run-" if cfg.dry_run else "") + time.strftime("%Y%m%d-%H%M%S"))
-    if os.path.isdir(path) and os.listdir(path):
-        sys.exit(f"error: {path} already holds files; pick another --out-dir or --resume={path}")
+    if os.path.isdir(path) and os.listdir(path) and not cfg.overwrite:
+        sys.exit(f"error: {path} already holds files; pick another --out-dir, --resume={path}, or --overwrite")
     try:
         os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write-test")
+        open(probe, "w").close()
+        os.remove(probe)
     except OSError as e:
-        sys.exit(f"error: cannot create output dir {path} ({e.strerror})")
+        sys.exit(f"error: cannot write to output dir {path} ({e.strerror}); pick another --out-dir")
     return path
 
 
@@ -91,10 +95,19 @@ def print_model_report(model, device):
 
 
 def write_history_csv(history, path):
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(history[0]))
+            writer.writeheader()
+            writer.writerows(history)
+    write_atomic(path, write)
+
+
+def write_json(obj, path):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+    write_atomic(path, write)
 
 
 def save_analysis(model, loader, data, run_dir, cfg):
@@ -156,7 +169,12 @@ def evaluate_checkpoint(argv, path):
             "test_acc": result["acc"], "out_dir": run_dir}
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops a run as cleanly as Ctrl-C
     argv = sys.argv[1:] if argv is None else list(argv)
     cfg = parse_args(argv)
     if cfg.evaluate:
@@ -190,8 +208,7 @@ def main(argv=None):
         history, best_acc, best_epoch = ckpt["history"], ckpt["best_acc"], ckpt["best_epoch"]
         start = ckpt["epoch"] + 1
         print(f"resuming {ckpt['path']} at epoch {start}")
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump(asdict(cfg), f, indent=2)
+    write_json(asdict(cfg), os.path.join(run_dir, "config.json"))
 
     print(f"\ntraining {cfg.epochs} epochs, {len(train_loader)} steps each, batch {cfg.batch_size}; writing {run_dir}")
     for epoch in range(start, cfg.epochs + 1):
@@ -199,17 +216,20 @@ def main(argv=None):
         # Everything random in an epoch is a function of (seed, epoch), so a resumed run matches.
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         train_loader.sampler.set_epoch(epoch)
-        try:
+        try:  # Ctrl-C or SIGTERM abandons this epoch; last.pt keeps the last finished one
             train = engine.train_one_epoch(
                 fast_model, train_loader, optimizer, scheduler, label_smoothing=cfg.label_smoothing,
-                cutmix_p=cfg.cutmix_p, num_classes=len(data.classes), scaler=scaler, amp=cfg.amp, channels_last=cfg.channels_last,
-                desc=f"epoch {epoch}/{cfg.epochs}")
+                cutmix_p=cfg.cutmix_p, num_classes=len(data.classes), scaler=scaler, amp=cfg.amp,
+                channels_last=cfg.channels_last, desc=f"epoch {epoch}/{cfg.epochs}")
+            test = engine.evaluate(fast_model, test_loader, amp=cfg.amp, channels_last=cfg.channels_last)
         except KeyboardInterrupt:
-            sys.exit(f"\ninterrupted in epoch {epoch}; continue with: python train.py --resume={run_dir}")
+            if not history:
+                sys.exit(f"\ninterrupted in epoch {epoch}, before any epoch finished; nothing to resume")
+            sys.exit(f"\ninterrupted in epoch {epoch}; {run_dir}/last.pt holds epoch {history[-1]['epoch']}. "
+                     f"Continue with: python train.py --resume={run_dir}")
         except FloatingPointError as e:
             sys.exit(f"error: epoch {epoch}: {e}; stopped. {run_dir}/last.pt holds the last good epoch "
                      f"({epoch - 1}); try a lower --lr")
-        test = engine.evaluate(fast_model, test_loader, amp=cfg.amp, channels_last=cfg.channels_last)
         seconds = time.perf_counter() - t0
         history.append(dict(epoch=epoch, train_loss=train["loss"], train_acc=train["acc"], test_loss=test["loss"],
                             test_acc=test["acc"], lr=train["lr"], seconds=seconds))
@@ -222,9 +242,8 @@ def main(argv=None):
         state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                      scaler=scaler.state_dict() if scaler else None, epoch=epoch, history=history,
                      best_acc=best_acc, best_epoch=best_epoch, config=asdict(cfg))
-        save_atomic(state, os.path.join(run_dir, "last.pt"))
-        if is_best:
-            save_atomic(state, os.path.join(run_dir, "best.pt"))
+        for name in ("last.pt", "best.pt") if is_best else ("last.pt",):
+            write_atomic(os.path.join(run_dir, name), lambda tmp: torch.save(state, tmp))
         write_history_csv(history, os.path.join(run_dir, "history.csv"))
 
     plots.plot_curves(history, os.path.join(run_dir, "curves.png"))
@@ -234,8 +253,7 @@ def main(argv=None):
                   final_test_loss=final["loss"], epochs=cfg.epochs,
                   train_seconds=sum(h["seconds"] for h in history), test_split=data.test_name,
                   data=data.source, device=str(device), run_dir=run_dir, history=history)
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(result, os.path.join(run_dir, "summary.json"))
     print(f"\nfinal {data.test_name} acc {final['acc']:.2f}% (best {best_acc:.2f}% at epoch {best_epoch}); "
           f"{result['train_seconds']:.0f}s of training; files in {run_dir}")
     return result

@@ -1,0 +1,157 @@
+"""Runs that survive faults and bad input: kills, signals, NaNs, damaged or mismatched checkpoints."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL_RUN = ["--epochs=3", "--batch-size=32", "--workers=0", "--lr=0.05"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """10 classes, 40 training and 8 validation images each: epochs of about a second on a CPU."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("val", 8)):
+        for c in range(10):
+            os.makedirs(root / split / f"class{c}")
+            for i in range(n):
+                image = rng.integers(0, 200, (32, 32, 3)) + 5 * c
+                cv2.imwrite(str(root / split / f"class{c}" / f"{i}.png"), image.astype(np.uint8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full") / "run"
+    return train.main([f"--data-dir={folder}", f"--out-dir={out}", *SMALL_RUN])
+
+
+def start(folder, out):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), f"--data-dir={folder}",
+                             f"--out-dir={out}", *SMALL_RUN], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for_epoch(out, epoch, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (out / "last.pt").exists() and torch.load(out / "last.pt", weights_only=True)["epoch"] >= epoch:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    raise TimeoutError
+
+
+def same_run(a, b):
+    assert [{k: v for k, v in h.items() if k != "seconds"} for h in a["history"]] == \
+           [{k: v for k, v in h.items() if k != "seconds"} for h in b["history"]]
+    wa = torch.load(os.path.join(a["run_dir"], "last.pt"), weights_only=True)["model"]
+    wb = torch.load(os.path.join(b["run_dir"], "last.pt"), weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(folder, uninterrupted, tmp_path):
+    out = tmp_path / "killed"
+    proc = start(folder, out)
+    wait_for_epoch(out, 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = torch.load(out / "last.pt", weights_only=True)["epoch"]  # readable whenever the kill landed
+    assert finished in (1, 2)
+    resumed = train.main([f"--resume={out}"])
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    same_run(resumed, uninterrupted)
+
+
+def test_sigterm_stops_cleanly_and_prints_the_resume_command(folder, tmp_path):
+    out = tmp_path / "terminated"
+    proc = start(folder, out)
+    wait_for_epoch(out, 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert f"python train.py --resume={out}" in stderr and "Traceback" not in stderr
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] >= 1
+
+
+def test_same_seed_same_history_and_weights(folder, uninterrupted, tmp_path):
+    again = train.main([f"--data-dir={folder}", f"--out-dir={tmp_path / 'again'}", *SMALL_RUN])
+    same_run(again, uninterrupted)
+
+
+def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "nan"
+    real = train.engine.train_one_epoch
+    calls = []
+
+    def poisoned_in_epoch_2(model, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(train.engine, "train_one_epoch", poisoned_in_epoch_2)
+    with pytest.raises(SystemExit, match=r"epoch 2: non-finite training loss \(nan\) at step 0") as e:
+        train.main(["--dry-run", f"--out-dir={out}"])
+    assert "\n" not in str(e.value.code)
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_resume_with_a_different_model_shape_is_refused(uninterrupted, tmp_path):
+    three_classes = tmp_path / "three"
+    for split in ("train", "val"):
+        for c in "abc":
+            os.makedirs(three_classes / split / c)
+            cv2.imwrite(str(three_classes / split / c / "0.png"), np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(SystemExit, match="does not fit this model") as e:
+        train.main([f"--resume={uninterrupted['run_dir']}", f"--data-dir={three_classes}"])
+    assert "\n" not in str(e.value.code)
+
+
+def test_truncated_checkpoint_is_refused(uninterrupted, tmp_path):
+    data = open(os.path.join(uninterrupted["run_dir"], "last.pt"), "rb").read()
+    (tmp_path / "last.pt").write_bytes(data[: len(data) // 2])
+    for argv in ([f"--resume={tmp_path}"], [f"--evaluate={tmp_path / 'last.pt'}"]):
+        with pytest.raises(SystemExit, match="cannot read checkpoint"):
+            train.main(argv)
+
+
+def test_foreign_checkpoint_is_refused(tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(SystemExit, match="not a train.py checkpoint"):
+        train.main([f"--evaluate={tmp_path / 'other.pt'}"])
+
+
+def test_changing_epochs_on_resume_is_refused(uninterrupted):
+    with pytest.raises(SystemExit, match="planned for 3 epochs"):
+        train.main([f"--resume={uninterrupted['run_dir']}", "--epochs=5"])
+
+
+def test_unwritable_output_dir_is_a_one_line_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match="cannot write to output dir"):
+        train.main(["--dry-run", f"--out-dir={tmp_path / 'file' / 'run'}"])
+
+
+def test_overwrite_allows_an_existing_run_dir(tmp_path):
+    (tmp_path / "old.txt").write_text("x")
+    train.main(["--dry-run", f"--out-dir={tmp_path}", "--overwrite"])
+    assert (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_without_cuda():
+    with pytest.raises(SystemExit, match="no CUDA GPU"):
+        train.main(["--dry-run", "--device=cuda"])
