@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import engine
-from config import parse_args
+from config import parse_args, resolve_device
 from data import make_loader, synthetic
 from train import build_model, make_optimizer, prepare
 from transforms import train_transforms
@@ -92,7 +92,8 @@ def main(argv=None):
     own.add_argument("--json", default="benchmark.json", help="where to write the results")
     args, rest = own.parse_known_args(sys.argv[1:] if argv is None else argv)
     cfg = parse_args(rest)
-    device, data, _ = prepare(cfg)
+    device = resolve_device(cfg.device)
+    data, _ = prepare(cfg, device)
     if cfg.dry_run:  # no data needed: a CIFAR-10-sized synthetic training split
         data = synthetic(n_train=45_000, n_test=10, seed=cfg.seed)
     loader = make_loader(data.train, train_transforms(cfg), cfg, device, train=True)

@@ -140,35 +140,47 @@ class AugmentedDataset(torch.utils.data.Dataset):
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Yields (epoch, index) keys; the order is a function of (seed, epoch) alone."""
+    """Yields (epoch, index) keys; the order is a function of (seed, epoch) alone.
 
-    def __init__(self, n, seed=0, shuffle=True):
-        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+    Under torchrun each of `world` processes takes every world-th key of the
+    same order, so the ranks see disjoint parts. Shuffled (training) orders are
+    cut to a multiple of world so every rank runs the same number of steps.
+    """
+
+    def __init__(self, n, seed=0, shuffle=True, rank=0, world=1):
+        self.n, self.seed, self.shuffle, self.rank, self.world, self.epoch = n, seed, shuffle, rank, world, 0
 
     def set_epoch(self, epoch):
         self.epoch = epoch
 
+    def _used(self):
+        return self.n - self.n % self.world if self.shuffle else self.n
+
     def __len__(self):
-        return self.n
+        return len(range(self.rank, self._used(), self.world))
 
     def __iter__(self):
         if self.shuffle:
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
         else:
             order = torch.arange(self.n)
-        return ((self.epoch, i) for i in order.tolist())
+        return ((self.epoch, i) for i in order[: self._used()][self.rank::self.world].tolist())
 
 
 def _worker_init(worker_id):
     cv2.setNumThreads(0)  # one OpenCV thread per worker: workers already run in parallel
 
 
-def make_loader(split, transform, cfg, device, train):
-    """DataLoader over a split; training batches are shuffled and the last partial one dropped."""
-    sampler = EpochSampler(len(split.labels), cfg.seed, shuffle=train)
+def make_loader(split, transform, cfg, device, train, rank=0, world=1):
+    """DataLoader over a split, or this rank's part of it; training batches are shuffled, the last partial one dropped.
+
+    cfg.batch_size is the global batch: each of `world` processes loads batch_size // world.
+    """
+    sampler = EpochSampler(len(split.labels), cfg.seed, shuffle=train, rank=rank, world=world)
+    batch_size = cfg.batch_size // world
     workers = cfg.workers if train or device.type == "cuda" else 0  # CPU evaluation is cheap: no extra processes
     return torch.utils.data.DataLoader(
-        AugmentedDataset(split, transform, cfg.seed), batch_size=cfg.batch_size, sampler=sampler,
+        AugmentedDataset(split, transform, cfg.seed), batch_size=batch_size, sampler=sampler,
         num_workers=workers, persistent_workers=workers > 0, worker_init_fn=_worker_init,
-        pin_memory=device.type == "cuda", drop_last=train and len(split.labels) > cfg.batch_size,
+        pin_memory=device.type == "cuda", drop_last=train and len(sampler) > batch_size,
     )

@@ -6,6 +6,7 @@ progress bar, and the device always comes from the model's parameters.
 import contextlib
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -23,23 +24,47 @@ def amp_dtype(device):
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def all_reduce_sum(values, device):
+    """Sums a list of numbers over all torchrun processes (unchanged in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def average_buffers(model):
+    """Under torchrun, average BatchNorm running statistics over the processes.
+
+    DDP keeps the weights in step but each process updates these buffers from
+    its own batches; averaging them makes every rank hold, and evaluate, the
+    same model as the checkpoint rank 0 saves.
+    """
+    if dist.is_available() and dist.is_initialized():
+        for buffer in model.buffers():
+            if buffer.is_floating_point():
+                dist.all_reduce(buffer)
+                buffer /= dist.get_world_size()
+
+
 def to_device(x, device, channels_last):
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
 def train_one_epoch(model, loader, optimizer, scheduler=None, *, label_smoothing=0.0, cutmix_p=0.0,
-                    num_classes=10, scaler=None, amp=True, channels_last=False, desc="train"):
+                    num_classes=10, scaler=None, amp=True, channels_last=False, desc="train", progress=True):
     """One pass over loader. Returns {'loss': mean per sample, 'acc': percent, 'lr': LR of the last step}.
 
     Loss and accuracy are summed per sample over the epoch and divided by the
-    number of samples seen. Under CutMix a sample counts as correct when the
+    number of samples seen, over all processes under torchrun. Under CutMix a sample counts as correct when the
     prediction matches the label with the larger weight.
     """
     device = next(model.parameters()).device
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)  # no bar when not a terminal
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
+               disable=None if progress else True)  # None: no bar when not a terminal
     for step, (images, labels) in enumerate(bar):
         images, labels = to_device(images, device, channels_last), labels.to(device, non_blocking=True)
         if cutmix_p > 0:
@@ -68,6 +93,7 @@ def train_one_epoch(model, loader, optimizer, scheduler=None, *, label_smoothing
         correct += (logits.argmax(1) == labels).sum().item()
         seen += n
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}%", lr=f"{lr:.4f}")
+    total_loss, correct, seen = all_reduce_sum([total_loss, correct, seen], device)
     return {"loss": total_loss / seen, "acc": 100 * correct / seen, "lr": lr}
 
 
@@ -85,14 +111,20 @@ def predict(model, loader, *, amp=True, channels_last=False):
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def metrics(logits, labels):
-    """{'loss': mean cross-entropy per sample, 'acc': percent correct} over all samples given."""
-    return {"loss": F.cross_entropy(logits, labels, reduction="sum").item() / len(labels),
-            "acc": 100 * (logits.argmax(1) == labels).sum().item() / len(labels)}
+def metrics(logits, labels, device=None):
+    """{'loss': mean cross-entropy per sample, 'acc': percent correct} over all samples given.
+
+    Under torchrun, pass the device: the sums are then taken over every process's share.
+    """
+    loss = F.cross_entropy(logits, labels, reduction="sum").item()
+    correct = (logits.argmax(1) == labels).sum().item()
+    loss, correct, n = all_reduce_sum([loss, correct, len(labels)], device) if device else (loss, correct, len(labels))
+    return {"loss": loss / n, "acc": 100 * correct / n}
 
 
 def evaluate(model, loader, **kwargs):
-    return metrics(*predict(model, loader, **kwargs))
+    """Loss and accuracy over the loader's whole split, all processes' shares together under torchrun."""
+    return metrics(*predict(model, loader, **kwargs), device=next(model.parameters()).device)
 
 
 def misclassified(logits, labels, k=25):

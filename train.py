@@ -15,6 +15,8 @@ from dataclasses import asdict, replace
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torchsummary import summary
 
 import engine
@@ -124,18 +126,36 @@ def save_analysis(model, loader, data, run_dir, cfg):
     return engine.metrics(logits, labels)
 
 
-def prepare(cfg):
-    """Device, runtime settings, data and the test loader, printing what was found."""
-    device = resolve_device(cfg.device)
+def init_distributed(device):
+    """(rank, world size, device) under torchrun, which sets WORLD_SIZE; (0, 1, device) in a plain run.
+
+    One process per GPU on CUDA (NCCL), one per process group member on CPU (gloo).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank()
+    if rank:
+        sys.stdout = open(os.devnull, "w")  # only rank 0 prints
+    return rank, world, device
+
+
+def prepare(cfg, device, rank=0, world=1):
+    """Runtime settings, data and the test loader (this rank's share), printing what was found."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
-    print(f"device: {device}, {torch.get_num_threads()} CPU threads, {cfg.workers} data workers")
+    print(f"device: {device}, {torch.get_num_threads()} CPU threads, {cfg.workers} data workers"
+          + (f", {world} processes" if world > 1 else ""))
     data = load_data(cfg)
     print(f"data: {data.source}; train {len(data.train.labels):,} images, "
           f"{data.test_name} {len(data.test.labels):,} images, {len(data.classes)} classes")
-    return device, data, make_loader(data.test, test_transforms(cfg), cfg, device, train=False)
+    return data, make_loader(data.test, test_transforms(cfg), cfg, device, train=False, rank=rank, world=world)
 
 
 def build_model(cfg, num_classes, device):
@@ -157,7 +177,8 @@ def make_optimizer(cfg, model, steps_per_epoch, device):
 def evaluate_checkpoint(argv, path):
     ckpt = load_checkpoint(path)
     cfg = parse_args(argv, base=replace(Config(**ckpt["config"]), out_dir=""))  # never write into the run itself
-    device, data, test_loader = prepare(cfg)
+    device = resolve_device(cfg.device)
+    data, test_loader = prepare(cfg, device)
     model = build_model(cfg, len(data.classes), device)
     load_weights(model, ckpt["model"])
     run_dir = cfg.out_dir or os.path.join(os.path.dirname(ckpt["path"]), "evaluate")
@@ -178,6 +199,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     cfg = parse_args(argv)
     if cfg.evaluate:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            sys.exit("error: --evaluate runs in one process; start it with python, not torchrun")
         return evaluate_checkpoint(argv, cfg.evaluate)
     ckpt = None
     if cfg.resume:
@@ -190,12 +213,22 @@ def main(argv=None):
         cfg = replace(cfg, epochs=min(cfg.epochs, 2), batch_size=16, workers=0)
 
     seed_everything(cfg.seed)
-    device, data, test_loader = prepare(cfg)  # before anything is written: bad data leaves no trace
-    run_dir = os.path.dirname(ckpt["path"]) if ckpt else new_run_dir(cfg)
-    train_loader = make_loader(data.train, train_transforms(cfg), cfg, device, train=True)
+    rank, world, device = init_distributed(resolve_device(cfg.device))
+    if cfg.batch_size % world:
+        sys.exit(f"error: --batch-size={cfg.batch_size} is the global batch and must divide by the {world} processes")
+    data, test_loader = prepare(cfg, device, rank, world)  # before anything is written: bad data leaves no trace
+    run_dir = os.path.dirname(ckpt["path"]) if ckpt else new_run_dir(cfg) if rank == 0 else None
+    if world > 1:
+        box = [run_dir]
+        dist.broadcast_object_list(box)  # every rank writes nothing, but must agree on where rank 0 does
+        run_dir = box[0]
+    train_loader = make_loader(data.train, train_transforms(cfg), cfg, device, train=True, rank=rank, world=world)
     model = build_model(cfg, len(data.classes), device)
     print_model_report(model, device)
+    if world > 1 and cfg.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state_dict keys as plain BatchNorm
     fast_model = torch.compile(model) if cfg.compile else model  # same weights; `model` is what gets saved
+    train_model = DDP(fast_model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else fast_model
 
     optimizer, scheduler, scaler = make_optimizer(cfg, model, len(train_loader), device)
     history, best_acc, best_epoch, start = [], -1.0, 0, 1
@@ -208,7 +241,8 @@ def main(argv=None):
         history, best_acc, best_epoch = ckpt["history"], ckpt["best_acc"], ckpt["best_epoch"]
         start = ckpt["epoch"] + 1
         print(f"resuming {ckpt['path']} at epoch {start}")
-    write_json(asdict(cfg), os.path.join(run_dir, "config.json"))
+    if rank == 0:
+        write_json(asdict(cfg), os.path.join(run_dir, "config.json"))
 
     print(f"\ntraining {cfg.epochs} epochs, {len(train_loader)} steps each, batch {cfg.batch_size}; writing {run_dir}")
     for epoch in range(start, cfg.epochs + 1):
@@ -218,9 +252,10 @@ def main(argv=None):
         train_loader.sampler.set_epoch(epoch)
         try:  # Ctrl-C or SIGTERM abandons this epoch; last.pt keeps the last finished one
             train = engine.train_one_epoch(
-                fast_model, train_loader, optimizer, scheduler, label_smoothing=cfg.label_smoothing,
+                train_model, train_loader, optimizer, scheduler, label_smoothing=cfg.label_smoothing,
                 cutmix_p=cfg.cutmix_p, num_classes=len(data.classes), scaler=scaler, amp=cfg.amp,
-                channels_last=cfg.channels_last, desc=f"epoch {epoch}/{cfg.epochs}")
+                channels_last=cfg.channels_last, desc=f"epoch {epoch}/{cfg.epochs}", progress=rank == 0)
+            engine.average_buffers(model)
             test = engine.evaluate(fast_model, test_loader, amp=cfg.amp, channels_last=cfg.channels_last)
         except KeyboardInterrupt:
             if not history:
@@ -239,20 +274,27 @@ def main(argv=None):
         print(f"epoch {epoch:3d}/{cfg.epochs}  train loss {train['loss']:.4f} acc {train['acc']:6.2f}%  "
               f"{data.test_name} loss {test['loss']:.4f} acc {test['acc']:6.2f}%  lr {train['lr']:.5f}  "
               f"{seconds:6.1f}s{'  *' if is_best else ''}", flush=True)
-        state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                     scaler=scaler.state_dict() if scaler else None, epoch=epoch, history=history,
-                     best_acc=best_acc, best_epoch=best_epoch, config=asdict(cfg))
-        for name in ("last.pt", "best.pt") if is_best else ("last.pt",):
-            write_atomic(os.path.join(run_dir, name), lambda tmp: torch.save(state, tmp))
-        write_history_csv(history, os.path.join(run_dir, "history.csv"))
+        if rank == 0:
+            state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                         scheduler=scheduler.state_dict(), scaler=scaler.state_dict() if scaler else None,
+                         epoch=epoch, history=history, best_acc=best_acc, best_epoch=best_epoch, config=asdict(cfg))
+            for name in ("last.pt", "best.pt") if is_best else ("last.pt",):
+                write_atomic(os.path.join(run_dir, name), lambda tmp: torch.save(state, tmp))
+            write_history_csv(history, os.path.join(run_dir, "history.csv"))
 
+    if world > 1:
+        dist.destroy_process_group()
+    if rank:  # the other ranks' work ends with training; rank 0 evaluates the whole split and writes
+        return dict(history=history, run_dir=run_dir)
     plots.plot_curves(history, os.path.join(run_dir, "curves.png"))
+    if world > 1:  # test_loader held this rank's share only
+        test_loader = make_loader(data.test, test_transforms(cfg), cfg, device, train=False)
     final = save_analysis(model, test_loader, data, run_dir, cfg)
     result = dict(params=count_params(model), receptive_field=receptive_field(model)[-1]["rf"],
                   best_test_acc=best_acc, best_epoch=best_epoch, final_test_acc=final["acc"],
                   final_test_loss=final["loss"], epochs=cfg.epochs,
                   train_seconds=sum(h["seconds"] for h in history), test_split=data.test_name,
-                  data=data.source, device=str(device), run_dir=run_dir, history=history)
+                  data=data.source, device=str(device), processes=world, run_dir=run_dir, history=history)
     write_json(result, os.path.join(run_dir, "summary.json"))
     print(f"\nfinal {data.test_name} acc {final['acc']:.2f}% (best {best_acc:.2f}% at epoch {best_epoch}); "
           f"{result['train_seconds']:.0f}s of training; files in {run_dir}")

@@ -5,29 +5,14 @@ import subprocess
 import sys
 import time
 
-import cv2
-import numpy as np
 import pytest
 import torch
 
 import train
+from conftest import make_image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_RUN = ["--epochs=3", "--batch-size=32", "--workers=0", "--lr=0.05"]
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """10 classes, 40 training and 8 validation images each: epochs of about a second on a CPU."""
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 40), ("val", 8)):
-        for c in range(10):
-            os.makedirs(root / split / f"class{c}")
-            for i in range(n):
-                image = rng.integers(0, 200, (32, 32, 3)) + 5 * c
-                cv2.imwrite(str(root / split / f"class{c}" / f"{i}.png"), image.astype(np.uint8))
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -110,11 +95,7 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_pa
 
 
 def test_resume_with_a_different_model_shape_is_refused(uninterrupted, tmp_path):
-    three_classes = tmp_path / "three"
-    for split in ("train", "val"):
-        for c in "abc":
-            os.makedirs(three_classes / split / c)
-            cv2.imwrite(str(three_classes / split / c / "0.png"), np.zeros((32, 32, 3), np.uint8))
+    three_classes = make_image_folder(tmp_path, per_class=(1, 1), classes=3)
     with pytest.raises(SystemExit, match="does not fit this model") as e:
         train.main([f"--resume={uninterrupted['run_dir']}", f"--data-dir={three_classes}"])
     assert "\n" not in str(e.value.code)
