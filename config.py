@@ -53,7 +53,7 @@ class Config:
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling); ignored on CPU
     channels_last: bool = True  # NHWC memory layout for the model and its inputs
     compile: bool = False  # torch.compile the model (slow first epoch, faster after; CUDA mainly)
-    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch instead of per process
+    sync_bn: bool = False  # under torchrun on CUDA: BatchNorm statistics over the global batch, not per process
     threads: int = 0  # CPU threads for PyTorch's math (0: PyTorch's default, one per core)
     out_dir: str = ""  # where this run writes its files; empty: runs/<date-time>
     overwrite: bool = False  # allow out_dir to be a directory that already holds files

@@ -214,6 +214,8 @@ def main(argv=None):
 
     seed_everything(cfg.seed)
     rank, world, device = init_distributed(resolve_device(cfg.device))
+    if world > 1 and cfg.sync_bn and device.type != "cuda":
+        sys.exit("error: --sync-bn needs CUDA (PyTorch's SyncBatchNorm is GPU-only); leave it off on CPU")
     if cfg.batch_size % world:
         sys.exit(f"error: --batch-size={cfg.batch_size} is the global batch and must divide by the {world} processes")
     data, test_loader = prepare(cfg, device, rank, world)  # before anything is written: bad data leaves no trace
