@@ -61,14 +61,7 @@ def step_rates(cfg, model, batch, steps, repeats, device):
     def train_step():
         with engine.autocast(device, cfg.amp):
             loss = F.cross_entropy(model(images).float(), labels, label_smoothing=cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        engine.backward_and_step(loss, optimizer, scaler)
 
     @torch.no_grad()
     def eval_step():

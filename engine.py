@@ -52,6 +52,18 @@ def to_device(x, device, channels_last):
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
+def backward_and_step(loss, optimizer, scaler=None):
+    """Gradients of loss and one optimizer step; with an fp16 GradScaler, scaled to avoid underflow."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
 def train_one_epoch(model, loader, optimizer, scheduler=None, *, label_smoothing=0.0, cutmix_p=0.0,
                     num_classes=10, scaler=None, amp=True, channels_last=False, desc="train", progress=True):
     """One pass over loader. Returns {'loss': mean per sample, 'acc': percent, 'lr': LR of the last step}.
@@ -78,14 +90,7 @@ def train_one_epoch(model, loader, optimizer, scheduler=None, *, label_smoothing
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss ({loss.item()}) at step {step}")
         lr = optimizer.param_groups[0]["lr"]  # the LR this step uses
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        backward_and_step(loss, optimizer, scaler)
         if scheduler is not None:
             scheduler.step()
         n = labels.numel()

@@ -4,45 +4,38 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import pytest
+import torch
 
 import engine
 from config import Config
+from conftest import make_image_folder
 from data import load_folder, make_loader, synthetic
 from model import Net
 import transforms as T
 
+CPU = torch.device("cpu")
 DEV_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
                         "cifar10-dev")
 
 
-def make_folder(root, splits=("train", "val"), classes=("a", "b", "c"), per_class=3, size=32):
-    rng = np.random.default_rng(0)
-    for split in splits:
-        for c in classes:
-            os.makedirs(root / split / c)
-            for i in range(per_class):
-                cv2.imwrite(str(root / split / c / f"{i}.png"), rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-    return root
-
-
 def test_folder_dataset_loads_both_splits(tmp_path):
-    data = load_folder(str(make_folder(tmp_path)))
-    assert data.classes == ("a", "b", "c") and data.test_name == "val"
+    data = load_folder(str(make_image_folder(tmp_path, per_class=(3, 2), classes=3)))
+    assert data.classes == ("class0", "class1", "class2") and data.test_name == "val"
     assert data.train.images.shape == (9, 32, 32, 3) and data.train.images.dtype == np.uint8
-    assert data.train.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-    bgr = cv2.imread(str(tmp_path / "train" / "a" / "0.png"))
+    assert data.train.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] and len(data.test.labels) == 6
+    bgr = cv2.imread(str(tmp_path / "train" / "class0" / "0.png"))
     assert np.array_equal(data.train.images[0], bgr[:, :, ::-1])  # stored as RGB
 
 
 @pytest.mark.parametrize("break_it, words", [
-    (lambda r: os.rename(r / "val" / "c", r / "val" / "z"), "the splits must match"),
-    (lambda r: [os.remove(r / "train" / "b" / f) for f in os.listdir(r / "train" / "b")], "has no images"),
-    (lambda r: (r / "train" / "a" / "0.png").write_bytes(b"junk"), "cannot read image"),
-    (lambda r: cv2.imwrite(str(r / "train" / "a" / "0.png"), np.zeros((40, 40, 3), np.uint8)), "expected 32x32"),
+    (lambda r: os.rename(r / "val" / "class2", r / "val" / "z"), "the splits must match"),
+    (lambda r: [os.remove(r / "train" / "class1" / f) for f in os.listdir(r / "train" / "class1")], "has no images"),
+    (lambda r: (r / "train" / "class0" / "0.png").write_bytes(b"junk"), "cannot read image"),
+    (lambda r: cv2.imwrite(str(r / "train" / "class0" / "0.png"), np.zeros((40, 40, 3), np.uint8)), "expected 32x32"),
     (lambda r: os.rename(r / "val", r / "holdout"), "neither val/ nor test/"),
 ])
 def test_bad_folders_are_one_line_errors(tmp_path, break_it, words):
-    root = make_folder(tmp_path)
+    root = make_image_folder(tmp_path, per_class=(3, 2), classes=3)
     break_it(root)
     with pytest.raises(SystemExit, match=words) as e:
         load_folder(str(root))
@@ -54,20 +47,14 @@ def test_augmentation_is_the_same_whatever_the_worker_count():
     batches = []
     for workers in (0, 2):
         cfg = replace(Config(), workers=workers, batch_size=8)
-        loader = make_loader(data.train, T.train_transforms(cfg), cfg, _cpu(), train=True)
+        loader = make_loader(data.train, T.train_transforms(cfg), cfg, CPU, train=True)
         loader.sampler.set_epoch(3)
         batches.append([images for images, _ in loader])
     assert all((a == b).all() for a, b in zip(*batches))
 
 
-def _cpu():
-    import torch
-    return torch.device("cpu")
-
-
 @pytest.mark.skipif(not os.path.isdir(DEV_DATA), reason="shared CIFAR-10 dev images not present")
 def test_real_cifar10_dev_data_learns_well_above_chance():
-    import torch
     data = load_folder(DEV_DATA)
     assert len(data.train.labels) == 45_000 and len(data.test.labels) == 5_000
     assert len(data.classes) == 10 and np.bincount(data.train.labels).tolist() == [4_500] * 10
@@ -76,11 +63,11 @@ def test_real_cifar10_dev_data_learns_well_above_chance():
     train_split = replace(data.train, images=data.train.images[subset], labels=data.train.labels[subset])
     test_split = replace(data.test, images=data.test.images[::5], labels=data.test.labels[::5])
     cfg = replace(Config(), batch_size=64, workers=0)
-    train_loader = make_loader(train_split, T.train_transforms(cfg), cfg, _cpu(), train=True)
+    train_loader = make_loader(train_split, T.train_transforms(cfg), cfg, CPU, train=True)
     model = Net()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
     for epoch in range(2):
         train_loader.sampler.set_epoch(epoch)
         engine.train_one_epoch(model, train_loader, optimizer)
-    result = engine.evaluate(model, make_loader(test_split, T.test_transforms(), cfg, _cpu(), train=False))
+    result = engine.evaluate(model, make_loader(test_split, T.test_transforms(), cfg, CPU, train=False))
     assert result["acc"] > 30  # chance is 10%
