@@ -4,7 +4,6 @@ No max-pooling: three 3x3 stride-2 convs halve the resolution (32 -> 16 -> 8 -> 
 Depthwise-separable convs do most of the work, dilated ones widen the receptive
 field, and global average pooling feeds one linear classifier.
 """
-import torch
 from torch import nn
 
 

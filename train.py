@@ -4,8 +4,6 @@ Writes runs/<date-time>/ (or --out-dir): config.json, history.csv, best.pt, last
 curves.png, misclassified.png, confusion.png and summary.json.
 """
 import copy
-import csv
-import json
 import os
 import random
 import signal
@@ -21,7 +19,8 @@ from torchsummary import summary
 
 import engine
 import plots
-from config import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE, Config, parse_args, resolve_device
+from checkpoint import load_checkpoint, load_weights, write_atomic, write_history_csv, write_json
+from config import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE, parse_args, resolve_device
 from data import load_data, make_loader
 from model import Net, architecture_rules, count_params, receptive_field
 from transforms import test_transforms, train_transforms
@@ -31,37 +30,6 @@ def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def write_atomic(path, write):
-    """write(tmp_path), then rename over path: a crash or kill never leaves a half-written file."""
-    tmp = path + ".tmp"
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path):
-    """A checkpoint dict from a run dir (its last.pt) or a .pt file; exits with one line if unusable."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "last.pt")
-    if not os.path.isfile(path):
-        sys.exit(f"error: no checkpoint at {path}; pass a run dir or a .pt file written by train.py")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
-    except Exception as e:  # truncated, foreign or not a torch file at all
-        sys.exit(f"error: cannot read checkpoint {path} ({type(e).__name__}); it is damaged or not from train.py")
-    if not isinstance(ckpt, dict) or not {"model", "config", "epoch"} <= ckpt.keys():
-        sys.exit(f"error: {path} is not a train.py checkpoint (no model/config/epoch entries)")
-    ckpt["path"] = path
-    return ckpt
-
-
-def load_weights(model, state):
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        sys.exit(f"error: checkpoint does not fit this model ({first}); use the config it was trained with")
 
 
 def new_run_dir(cfg):
@@ -96,22 +64,6 @@ def print_model_report(model, device):
         print(f"{rule:36} {str(value):>14}  {'pass' if ok else 'FAIL'}")
 
 
-def write_history_csv(history, path):
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
-    write_atomic(path, write)
-
-
-def write_json(obj, path):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-    write_atomic(path, write)
-
-
 def save_analysis(model, loader, data, run_dir, cfg):
     """Evaluate once on the test split; save the confusion matrix and misclassified grid. Returns metrics."""
     logits, labels = engine.predict(model, loader, amp=cfg.amp, channels_last=cfg.channels_last)
@@ -129,7 +81,7 @@ def save_analysis(model, loader, data, run_dir, cfg):
 def init_distributed(device):
     """(rank, world size, device) under torchrun, which sets WORLD_SIZE; (0, 1, device) in a plain run.
 
-    One process per GPU on CUDA (NCCL), one per process group member on CPU (gloo).
+    NCCL with one GPU per process on CUDA, gloo on CPU.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
@@ -176,7 +128,7 @@ def make_optimizer(cfg, model, steps_per_epoch, device):
 
 def evaluate_checkpoint(argv, path):
     ckpt = load_checkpoint(path)
-    cfg = parse_args(argv, base=replace(Config(**ckpt["config"]), out_dir=""))  # never write into the run itself
+    cfg = parse_args(argv, base=replace(ckpt["config"], out_dir=""))  # never write into the run itself
     device = resolve_device(cfg.device)
     data, test_loader = prepare(cfg, device)
     model = build_model(cfg, len(data.classes), device)
@@ -205,9 +157,9 @@ def main(argv=None):
     ckpt = None
     if cfg.resume:
         ckpt = load_checkpoint(cfg.resume)
-        cfg = replace(parse_args(argv, base=Config(**ckpt["config"])), resume=cfg.resume)
-        if cfg.epochs != ckpt["config"]["epochs"]:
-            sys.exit(f"error: the run was planned for {ckpt['config']['epochs']} epochs and its LR schedule "
+        cfg = replace(parse_args(argv, base=ckpt["config"]), resume=cfg.resume)
+        if cfg.epochs != ckpt["config"].epochs:
+            sys.exit(f"error: the run was planned for {ckpt['config'].epochs} epochs and its LR schedule "
                      "depends on that; resume without --epochs, or start a new run")
     if cfg.dry_run:  # tiny and quick, whatever the config says
         cfg = replace(cfg, epochs=min(cfg.epochs, 2), batch_size=16, workers=0)

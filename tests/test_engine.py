@@ -94,3 +94,23 @@ def test_train_loss_is_mean_per_sample():
     result = engine.train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.0))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert math.isclose(result["loss"], engine.evaluate(model, batches)["loss"], rel_tol=1e-5)
+
+
+def test_fp16_loss_scaling_path_trains():
+    """The CUDA fp16 path (GradScaler) run on the CPU: same step, loss goes down."""
+    torch.manual_seed(0)
+    model = Net(dropout=0.0)
+    batches = loader(16, batch_size=16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu")
+    losses = [engine.train_one_epoch(model, batches, optimizer, scaler=scaler)["loss"] for _ in range(5)]
+    assert losses[-1] < losses[0] and scaler.get_scale() > 0
+
+
+def test_net_runs_under_bf16_autocast():
+    model = Net().eval().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    assert engine.metrics(out.float(), torch.zeros(2, dtype=torch.long))["loss"] > 0
