@@ -2,15 +2,17 @@
 [any train.py option, e.g. --device=cuda --batch-size=512 --workers=4].
 
 Measures, for the default Net and config, images per second of
-  data      the training DataLoader alone (decode-free uint8 in memory -> augmented, normalized batches)
+  data      the training DataLoader alone (uint8 images in memory -> augmented, normalized batches)
   train     one optimizer step on a ready batch on the device (forward + backward + SGD)
   eval      inference on a ready batch on the device
   epoch     a real training epoch (loader + steps), as train.py runs it
-plus peak memory. Warm-up steps are not timed, CUDA is synchronized before
+and the seconds one pass over the split takes at that rate (the test split
+for eval, the training split for the rest), plus peak memory. Warm-up steps are not timed, CUDA is synchronized before
 every clock read, and each figure is the median of --repeats runs.
 """
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -23,9 +25,17 @@ import torch.nn.functional as F
 
 import engine
 from config import parse_args, resolve_device
-from data import make_loader, synthetic
+from data import make_loader, synthetic, worker_count
 from train import build_model, make_optimizer, prepare
 from transforms import train_transforms
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def clock(device):
@@ -88,7 +98,7 @@ def main(argv=None):
     device = resolve_device(cfg.device)
     data, _ = prepare(cfg, device)
     if cfg.dry_run:  # no data needed: a CIFAR-10-sized synthetic training split
-        data = synthetic(n_train=45_000, n_test=10, seed=cfg.seed)
+        data = synthetic(n_train=45_000, n_test=10_000, seed=cfg.seed)
     loader = make_loader(data.train, train_transforms(cfg), cfg, device, train=True)
     model = build_model(cfg, len(data.classes), device)
     fast_model = torch.compile(model) if cfg.compile else model
@@ -111,17 +121,18 @@ def main(argv=None):
     else:  # ru_maxrss is KiB on Linux: the whole process, data included
         peak = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
-    n_train = len(data.train.labels)
-    print(f"\n{'stage':8} {'images/s':>10} {'s/epoch':>9}   ({n_train:,} training images, batch {cfg.batch_size})")
+    sizes = {name: len(data.test.labels) if name == "eval" else len(data.train.labels) for name in rates}
+    print(f"\n{'stage':8} {'images/s':>10} {'s/pass':>8}   (train {sizes['train']:,} and test {len(data.test.labels):,}"
+          f" images, batch {cfg.batch_size}, {torch.get_num_threads()} threads, {worker_count(cfg, device)} workers)")
     for name, rate in rates.items():
-        print(f"{name:8} {rate:10.0f} {n_train / rate:9.1f}")
+        print(f"{name:8} {rate:10.0f} {sizes[name] / rate:8.1f}")
     for name, mib in peak.items():
         print(f"{name}: {mib:.0f}")
     result = dict(device=str(device), gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                  cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
-                  workers=cfg.workers, batch_size=cfg.batch_size, steps=args.steps, repeats=args.repeats,
+                  cpu=f"{cpu_name()}, {os.cpu_count()} cores", threads=torch.get_num_threads(),
+                  workers=worker_count(cfg, device), batch_size=cfg.batch_size, steps=args.steps, repeats=args.repeats,
                   torch=torch.__version__, data=data.source if not cfg.dry_run else "synthetic 45,000",
-                  images_per_s=rates, seconds_per_epoch={k: n_train / v for k, v in rates.items()},
+                  images_per_s=rates, seconds_per_pass={k: sizes[k] / v for k, v in rates.items()},
                   **peak, config=asdict(cfg))
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)

@@ -27,7 +27,7 @@ class Config:
     # data
     data_dir: str = "data"  # CIFAR-10 download/cache dir, or an ImageFolder root with train/ and val/ or test/
     download: bool = True  # download CIFAR-10 into data_dir when it is not there (needs network)
-    workers: int = 2  # DataLoader worker processes for training batches (0: load in the main process)
+    workers: int = -1  # DataLoader processes (0: main process; -1: auto, 2 on CPU, one per core up to 16 on CUDA)
     # optimisation
     epochs: int = 15  # passes over the training split
     batch_size: int = 256  # images per optimizer step
@@ -116,7 +116,7 @@ def check(cfg):
     rules = [
         ("epochs", cfg.epochs >= 1, "at least 1"),
         ("batch_size", cfg.batch_size >= 1, "at least 1"),
-        ("workers", cfg.workers >= 0, "0 or more"),
+        ("workers", cfg.workers >= -1, "0 or more, or -1 for auto"),
         ("threads", cfg.threads >= 0, "0 or more"),
         ("lr", cfg.lr > 0, "positive"),
         ("warmup", 0 < cfg.warmup < 1, "between 0 and 1, exclusive"),

@@ -16,13 +16,13 @@ def _finish(fig, path):
         plt.close(fig)
 
 
-def plot_curves(history, path):
+def plot_curves(history, path, test_name="test"):
     """Loss and accuracy per epoch, train and test; history is a list of per-epoch dicts."""
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, unit in ((axes[0], "loss", "cross-entropy per sample"), (axes[1], "acc", "accuracy (%)")):
         ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
-        ax.plot(epochs, [h[f"test_{key}"] for h in history], "o-", label="test")
+        ax.plot(epochs, [h[f"test_{key}"] for h in history], "o-", label=test_name)
         ax.set_xlabel("epoch")
         ax.set_ylabel(unit)
         ax.grid(alpha=0.3)

@@ -21,7 +21,7 @@ import engine
 import plots
 from checkpoint import load_checkpoint, load_weights, write_atomic, write_history_csv, write_json
 from config import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE, parse_args, resolve_device
-from data import load_data, make_loader
+from data import load_data, make_loader, worker_count
 from model import Net, architecture_rules, count_params, receptive_field
 from transforms import test_transforms, train_transforms
 
@@ -102,7 +102,7 @@ def prepare(cfg, device, rank=0, world=1):
         torch.set_num_threads(cfg.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
-    print(f"device: {device}, {torch.get_num_threads()} CPU threads, {cfg.workers} data workers"
+    print(f"device: {device}, {torch.get_num_threads()} CPU threads, {worker_count(cfg, device)} data workers"
           + (f", {world} processes" if world > 1 else ""))
     data = load_data(cfg)
     print(f"data: {data.source}; train {len(data.train.labels):,} images, "
@@ -240,7 +240,7 @@ def main(argv=None):
         dist.destroy_process_group()
     if rank:  # the other ranks' work ends with training; rank 0 evaluates the whole split and writes
         return dict(history=history, run_dir=run_dir)
-    plots.plot_curves(history, os.path.join(run_dir, "curves.png"))
+    plots.plot_curves(history, os.path.join(run_dir, "curves.png"), data.test_name)
     if world > 1:  # test_loader held this rank's share only
         test_loader = make_loader(data.test, test_transforms(cfg), cfg, device, train=False)
     final = save_analysis(model, test_loader, data, run_dir, cfg)

@@ -28,6 +28,10 @@ def test_help_lists_every_field_with_default_and_comment(capsys):
     (["--hole-size=40"], "--hole-size"),
     (["--cutmix-p=1.5"], "--cutmix-p"),
     (["--batch-size=-1"], "--batch-size"),
+    (["--workers=-2"], "--workers"),
+    (["--lr=0"], "--lr"),
+    (["--weight-decay=-0.1"], "--weight-decay"),
+    (["--flip-p=-0.5"], "--flip-p"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_key(argv, words):
     with pytest.raises(SystemExit) as e:

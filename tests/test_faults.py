@@ -136,3 +136,9 @@ def test_overwrite_allows_an_existing_run_dir(tmp_path):
 def test_cuda_asked_without_cuda():
     with pytest.raises(SystemExit, match="no CUDA GPU"):
         train.main(["--dry-run", "--device=cuda"])
+
+
+def test_empty_data_dir_offline_is_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit, match="--data-dir=PATH") as e:
+        train.main([f"--data-dir={tmp_path}", "--download=false", f"--out-dir={tmp_path / 'run'}"])
+    assert "\n" not in str(e.value.code) and not (tmp_path / "run").exists()
