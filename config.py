@@ -30,7 +30,7 @@ class Config:
     workers: int = -1  # DataLoader processes (0: main process; -1: auto, 2 on CPU, one per core up to 16 on CUDA)
     # optimisation
     epochs: int = 15  # passes over the training split
-    batch_size: int = 256  # images per optimizer step
+    batch_size: int = 256  # images per optimizer step (the global batch under torchrun)
     lr: float = 0.2  # peak learning rate of the one-cycle schedule
     warmup: float = 0.2  # fraction of all steps spent warming the LR up from lr/25 to lr
     momentum: float = 0.9  # SGD momentum (Nesterov)
