@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, replace
 
@@ -147,7 +148,8 @@ def _raise_interrupt(signum, frame):
 
 
 def main(argv=None):
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops a run as cleanly as Ctrl-C
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+        signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops a run as cleanly as Ctrl-C
     argv = sys.argv[1:] if argv is None else list(argv)
     cfg = parse_args(argv)
     if cfg.evaluate:
