@@ -7,6 +7,7 @@ Three sources, each decoded once into memory as uint8 (N, 32, 32, 3) RGB:
 """
 import os
 import random
+import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -148,27 +149,30 @@ class EpochSampler(torch.utils.data.Sampler):
     """
 
     def __init__(self, n, seed=0, shuffle=True, rank=0, world=1):
-        self.n, self.seed, self.shuffle, self.rank, self.world, self.epoch = n, seed, shuffle, rank, world, 0
+        self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
+        self.epoch = self.skip = 0
 
-    def set_epoch(self, epoch):
-        self.epoch = epoch
+    def set_epoch(self, epoch, skip=0):
+        """skip: keys of this rank's share already used, when an epoch continues after an interruption."""
+        self.epoch, self.skip = epoch, skip
 
     def _used(self):
         return self.n - self.n % self.world if self.shuffle else self.n
 
     def __len__(self):
-        return len(range(self.rank, self._used(), self.world))
+        return len(range(self.rank, self._used(), self.world)) - self.skip
 
     def __iter__(self):
         if self.shuffle:
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
         else:
             order = torch.arange(self.n)
-        return ((self.epoch, i) for i in order[: self._used()][self.rank::self.world].tolist())
+        return ((self.epoch, i) for i in order[: self._used()][self.rank::self.world][self.skip:].tolist())
 
 
 def _worker_init(worker_id):
     cv2.setNumThreads(0)  # one OpenCV thread per worker: workers already run in parallel
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle (it saves first)
 
 
 def worker_count(cfg, device):
@@ -191,4 +195,6 @@ def make_loader(split, transform, cfg, device, train, rank=0, world=1):
         AugmentedDataset(split, transform, cfg.seed), batch_size=batch_size, sampler=sampler,
         num_workers=workers, persistent_workers=workers > 0, worker_init_fn=_worker_init,
         pin_memory=device.type == "cuda", drop_last=train and len(sampler) > batch_size,
+        # Its own generator: starting an epoch then draws nothing from the global RNG (dropout, CutMix).
+        generator=torch.Generator().manual_seed(cfg.seed),
     )

@@ -65,19 +65,24 @@ def backward_and_step(loss, optimizer, scaler=None):
 
 
 def train_one_epoch(model, loader, optimizer, scheduler=None, *, label_smoothing=0.0, cutmix_p=0.0,
-                    num_classes=10, scaler=None, amp=True, channels_last=False, desc="train", progress=True):
+                    num_classes=10, scaler=None, amp=True, channels_last=False, desc="train", progress=True,
+                    should_stop=None, partial=None):
     """One pass over loader. Returns {'loss': mean per sample, 'acc': percent, 'lr': LR of the last step}.
 
     Loss and accuracy are summed per sample over the epoch and divided by the
-    number of samples seen, over all processes under torchrun. Under CutMix a sample counts as correct when the
-    prediction matches the label with the larger weight.
+    number of samples seen, over all processes under torchrun. Under CutMix a
+    sample counts as correct when the prediction matches the label with the
+    larger weight. When should_stop() turns true, the epoch stops after the
+    current step and returns {'partial': running sums}; passing them back as
+    `partial` (with the loader skipping the used batches) finishes the epoch.
     """
     device = next(model.parameters()).device
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen, steps = partial or (0.0, 0, 0, 0)
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
                disable=None if progress else True)  # None: no bar when not a terminal
-    for step, (images, labels) in enumerate(bar):
+    for i, (images, labels) in enumerate(bar):
+        step = steps + i
         images, labels = to_device(images, device, channels_last), labels.to(device, non_blocking=True)
         if cutmix_p > 0:
             images, targets = cutmix(images, labels, num_classes, cutmix_p)
@@ -98,6 +103,8 @@ def train_one_epoch(model, loader, optimizer, scheduler=None, *, label_smoothing
         correct += (logits.argmax(1) == labels).sum().item()
         seen += n
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}%", lr=f"{lr:.4f}")
+        if should_stop and i + 1 < len(loader) and should_stop():
+            return {"partial": (total_loss, correct, seen, step + 1)}
     total_loss, correct, seen = all_reduce_sum([total_loss, correct, seen], device)
     return {"loss": total_loss / seen, "acc": 100 * correct / seen, "lr": lr}
 

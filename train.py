@@ -3,6 +3,7 @@
 Writes runs/<date-time>/ (or --out-dir): config.json, history.csv, best.pt, last.pt,
 curves.png, misclassified.png, confusion.png and summary.json.
 """
+import contextlib
 import copy
 import os
 import random
@@ -143,13 +144,28 @@ def evaluate_checkpoint(argv, path):
             "test_acc": result["acc"], "out_dir": run_dir}
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+@contextlib.contextmanager
+def stop_on_signals():
+    """An Event that Ctrl-C or SIGTERM sets (a second Ctrl-C interrupts at once); old handlers come back after."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def main(argv=None):
-    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
-        signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops a run as cleanly as Ctrl-C
     argv = sys.argv[1:] if argv is None else list(argv)
     cfg = parse_args(argv)
     if cfg.evaluate:
@@ -187,7 +203,7 @@ def main(argv=None):
     train_model = DDP(fast_model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else fast_model
 
     optimizer, scheduler, scaler = make_optimizer(cfg, model, len(train_loader), device)
-    history, best_acc, best_epoch, start = [], -1.0, 0, 1
+    history, best_acc, best_epoch, start, partial = [], -1.0, 0, 1, None
     if ckpt:
         load_weights(model, ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -195,48 +211,65 @@ def main(argv=None):
         if scaler and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         history, best_acc, best_epoch = ckpt["history"], ckpt["best_acc"], ckpt["best_epoch"]
-        start = ckpt["epoch"] + 1
-        print(f"resuming {ckpt['path']} at epoch {start}")
+        start, partial = ckpt["epoch"] + 1, ckpt.get("partial")
+        print(f"resuming {ckpt['path']} at epoch {start}" + (f", step {partial['sums'][3] + 1}" if partial else ""))
     if rank == 0:
         write_json(asdict(cfg), os.path.join(run_dir, "config.json"))
 
+    def save(epoch, is_best=False, **extra):
+        state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                     scaler=scaler.state_dict() if scaler else None, epoch=epoch, history=history,
+                     best_acc=best_acc, best_epoch=best_epoch, config=asdict(cfg), **extra)
+        for name in ("last.pt", "best.pt") if is_best else ("last.pt",):
+            write_atomic(os.path.join(run_dir, name), lambda tmp: torch.save(state, tmp))
+
+    resume_hint = f"continue with: python train.py --resume={run_dir}"
     print(f"\ntraining {cfg.epochs} epochs, {len(train_loader)} steps each, batch {cfg.batch_size}; writing {run_dir}")
-    for epoch in range(start, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        # Everything random in an epoch is a function of (seed, epoch), so a resumed run matches.
-        torch.manual_seed(cfg.seed * 100_003 + epoch)
-        train_loader.sampler.set_epoch(epoch)
-        try:  # Ctrl-C or SIGTERM abandons this epoch; last.pt keeps the last finished one
-            train = engine.train_one_epoch(
-                train_model, train_loader, optimizer, scheduler, label_smoothing=cfg.label_smoothing,
-                cutmix_p=cfg.cutmix_p, num_classes=len(data.classes), scaler=scaler, amp=cfg.amp,
-                channels_last=cfg.channels_last, desc=f"epoch {epoch}/{cfg.epochs}", progress=rank == 0)
-            engine.average_buffers(model)
-            test = engine.evaluate(fast_model, test_loader, amp=cfg.amp, channels_last=cfg.channels_last)
-        except KeyboardInterrupt:
-            if not history:
-                sys.exit(f"\ninterrupted in epoch {epoch}, before any epoch finished; nothing to resume")
-            sys.exit(f"\ninterrupted in epoch {epoch}; {run_dir}/last.pt holds epoch {history[-1]['epoch']}. "
-                     f"Continue with: python train.py --resume={run_dir}")
-        except FloatingPointError as e:
-            sys.exit(f"error: epoch {epoch}: {e}; stopped. {run_dir}/last.pt holds the last good epoch "
-                     f"({epoch - 1}); try a lower --lr")
-        seconds = time.perf_counter() - t0
-        history.append(dict(epoch=epoch, train_loss=train["loss"], train_acc=train["acc"], test_loss=test["loss"],
-                            test_acc=test["acc"], lr=train["lr"], seconds=seconds))
-        is_best = test["acc"] > best_acc
-        if is_best:
-            best_acc, best_epoch = test["acc"], epoch
-        print(f"epoch {epoch:3d}/{cfg.epochs}  train loss {train['loss']:.4f} acc {train['acc']:6.2f}%  "
-              f"{data.test_name} loss {test['loss']:.4f} acc {test['acc']:6.2f}%  lr {train['lr']:.5f}  "
-              f"{seconds:6.1f}s{'  *' if is_best else ''}", flush=True)
-        if rank == 0:
-            state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                         scheduler=scheduler.state_dict(), scaler=scaler.state_dict() if scaler else None,
-                         epoch=epoch, history=history, best_acc=best_acc, best_epoch=best_epoch, config=asdict(cfg))
-            for name in ("last.pt", "best.pt") if is_best else ("last.pt",):
-                write_atomic(os.path.join(run_dir, name), lambda tmp: torch.save(state, tmp))
-            write_history_csv(history, os.path.join(run_dir, "history.csv"))
+    with stop_on_signals() as stop:  # Ctrl-C or SIGTERM: finish the current step, save, exit
+        for epoch in range(start, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            # Everything random in an epoch follows from (seed, epoch), or from the saved state when an
+            # epoch continues, so a resumed run matches an uninterrupted one.
+            if partial:
+                torch.set_rng_state(partial["rng"])
+                train_loader.sampler.set_epoch(epoch, skip=partial["sums"][3] * train_loader.batch_size)
+            else:
+                torch.manual_seed(cfg.seed * 100_003 + epoch)
+                train_loader.sampler.set_epoch(epoch)
+            try:
+                train = engine.train_one_epoch(
+                    train_model, train_loader, optimizer, scheduler, label_smoothing=cfg.label_smoothing,
+                    cutmix_p=cfg.cutmix_p, num_classes=len(data.classes), scaler=scaler, amp=cfg.amp,
+                    channels_last=cfg.channels_last, desc=f"epoch {epoch}/{cfg.epochs}", progress=rank == 0,
+                    should_stop=stop.is_set, partial=partial and partial["sums"])
+                partial = None
+                if "partial" in train:
+                    if rank == 0:
+                        save(epoch - 1, partial=dict(sums=train["partial"], rng=torch.get_rng_state()))
+                    sys.exit(f"\nstopped in epoch {epoch} after step {train['partial'][3]}, saved in "
+                             f"{run_dir}/last.pt; {resume_hint}")
+                engine.average_buffers(model)
+                test = engine.evaluate(fast_model, test_loader, amp=cfg.amp, channels_last=cfg.channels_last)
+            except KeyboardInterrupt:  # a second Ctrl-C: leave now, last.pt keeps the last finished epoch
+                sys.exit(f"\ninterrupted in epoch {epoch}; " + (f"{resume_hint} from epoch {history[-1]['epoch']}"
+                                                               if history else "no epoch finished"))
+            except FloatingPointError as e:
+                sys.exit(f"error: epoch {epoch}: {e}; stopped. {run_dir}/last.pt holds the last good epoch "
+                         f"({epoch - 1}); try a lower --lr")
+            seconds = time.perf_counter() - t0
+            history.append(dict(epoch=epoch, train_loss=train["loss"], train_acc=train["acc"],
+                                test_loss=test["loss"], test_acc=test["acc"], lr=train["lr"], seconds=seconds))
+            is_best = test["acc"] > best_acc
+            if is_best:
+                best_acc, best_epoch = test["acc"], epoch
+            print(f"epoch {epoch:3d}/{cfg.epochs}  train loss {train['loss']:.4f} acc {train['acc']:6.2f}%  "
+                  f"{data.test_name} loss {test['loss']:.4f} acc {test['acc']:6.2f}%  lr {train['lr']:.5f}  "
+                  f"{seconds:6.1f}s{'  *' if is_best else ''}", flush=True)
+            if rank == 0:
+                save(epoch, is_best)
+                write_history_csv(history, os.path.join(run_dir, "history.csv"))
+            if stop.is_set() and epoch < cfg.epochs:
+                sys.exit(f"\nstopped after epoch {epoch}, saved in {run_dir}/last.pt; {resume_hint}")
 
     if world > 1:
         dist.destroy_process_group()

@@ -58,15 +58,39 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(folder, uninterrupted, t
     same_run(resumed, uninterrupted)
 
 
-def test_sigterm_stops_cleanly_and_prints_the_resume_command(folder, tmp_path):
+def test_sigterm_saves_after_the_current_step_and_resume_equals_an_uninterrupted_run(folder, uninterrupted,
+                                                                                      tmp_path):
     out = tmp_path / "terminated"
     proc = start(folder, out)
     wait_for_epoch(out, 1, proc)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode != 0
-    assert f"python train.py --resume={out}" in stderr and "Traceback" not in stderr
-    assert torch.load(out / "last.pt", weights_only=True)["epoch"] >= 1
+    assert "stopped " in stderr and f"python train.py --resume={out}" in stderr and "Traceback" not in stderr
+    resumed = train.main([f"--resume={out}"])
+    same_run(resumed, uninterrupted)
+
+
+def test_stop_mid_epoch_saves_the_step_and_resumes_exactly(folder, uninterrupted, tmp_path, monkeypatch):
+    """The stop flag (what Ctrl-C and SIGTERM set) raised after step 3 of epoch 2, in-process."""
+    out = tmp_path / "stopped"
+    real = train.engine.train_one_epoch
+    calls = []
+
+    def stop_after_3_steps_of_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            steps = iter(range(100))
+            kwargs["should_stop"] = lambda: next(steps) == 2
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train.engine, "train_one_epoch", stop_after_3_steps_of_epoch_2)
+    with pytest.raises(SystemExit, match="stopped in epoch 2 after step 3"):
+        train.main([f"--data-dir={folder}", f"--out-dir={out}", *SMALL_RUN])
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["partial"]["sums"][3] == 3
+    monkeypatch.setattr(train.engine, "train_one_epoch", real)
+    same_run(train.main([f"--resume={out}"]), uninterrupted)
 
 
 def test_same_seed_same_history_and_weights(folder, uninterrupted, tmp_path):
