@@ -21,3 +21,22 @@ def make_image_folder(root, per_class=(40, 8), classes=10, size=32):
 def folder(tmp_path_factory):
     """10 classes, 40 training and 8 validation images each: epochs of about a second on a CPU."""
     return make_image_folder(tmp_path_factory.mktemp("data"))
+
+
+def change_epoch(monkeypatch, epoch, change):
+    """Make train.main's `epoch`-th call of engine.train_one_epoch run change(model, kwargs) first.
+
+    change may alter the model or the keyword arguments, or raise. monkeypatch.undo() restores the real one.
+    """
+    import train
+
+    real = train.engine.train_one_epoch
+    calls = []
+
+    def changed(model, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == epoch:
+            change(model, kwargs)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(train.engine, "train_one_epoch", changed)

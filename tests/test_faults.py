@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import train
-from conftest import make_image_folder
+from conftest import change_epoch, make_image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_RUN = ["--epochs=3", "--batch-size=32", "--workers=0", "--lr=0.05"]
@@ -74,22 +74,17 @@ def test_sigterm_saves_after_the_current_step_and_resume_equals_an_uninterrupted
 def test_stop_mid_epoch_saves_the_step_and_resumes_exactly(folder, uninterrupted, tmp_path, monkeypatch):
     """The stop flag (what Ctrl-C and SIGTERM set) raised after step 3 of epoch 2, in-process."""
     out = tmp_path / "stopped"
-    real = train.engine.train_one_epoch
-    calls = []
 
-    def stop_after_3_steps_of_epoch_2(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            steps = iter(range(100))
-            kwargs["should_stop"] = lambda: next(steps) == 2
-        return real(*args, **kwargs)
+    def stop_after_3_steps(model, kwargs):
+        steps = iter(range(100))
+        kwargs["should_stop"] = lambda: next(steps) == 2
 
-    monkeypatch.setattr(train.engine, "train_one_epoch", stop_after_3_steps_of_epoch_2)
+    change_epoch(monkeypatch, 2, stop_after_3_steps)
     with pytest.raises(SystemExit, match="stopped in epoch 2 after step 3"):
         train.main([f"--data-dir={folder}", f"--out-dir={out}", *SMALL_RUN])
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["partial"]["sums"][3] == 3
-    monkeypatch.setattr(train.engine, "train_one_epoch", real)
+    monkeypatch.undo()
     same_run(train.main([f"--resume={out}"]), uninterrupted)
 
 
@@ -100,17 +95,12 @@ def test_same_seed_same_history_and_weights(folder, uninterrupted, tmp_path):
 
 def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "nan"
-    real = train.engine.train_one_epoch
-    calls = []
 
-    def poisoned_in_epoch_2(model, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            with torch.no_grad():
-                next(model.parameters()).fill_(float("nan"))
-        return real(model, *args, **kwargs)
+    def poison(model, kwargs):
+        with torch.no_grad():
+            next(model.parameters()).fill_(float("nan"))
 
-    monkeypatch.setattr(train.engine, "train_one_epoch", poisoned_in_epoch_2)
+    change_epoch(monkeypatch, 2, poison)
     with pytest.raises(SystemExit, match=r"epoch 2: non-finite training loss \(nan\) at step 0") as e:
         train.main(["--dry-run", f"--out-dir={out}"])
     assert "\n" not in str(e.value.code)

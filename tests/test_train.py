@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import train
+from conftest import change_epoch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARTIFACTS = ["config.json", "history.csv", "best.pt", "last.pt", "curves.png", "misclassified.png",
@@ -46,20 +47,15 @@ def test_dry_run_writes_every_artifact(dry_run):
 def test_resume_continues_a_stopped_run_exactly(dry_run, tmp_path, monkeypatch):
     _, full = dry_run
     out = tmp_path / "stopped"
-    real_train = train.engine.train_one_epoch
-    calls = []
 
-    def interrupted_in_epoch_2(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_train(*args, **kwargs)
+    def interrupt(model, kwargs):
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(train.engine, "train_one_epoch", interrupted_in_epoch_2)
+    change_epoch(monkeypatch, 2, interrupt)
     with pytest.raises(SystemExit, match=f"--resume={out}"):
         train.main(["--dry-run", f"--out-dir={out}"])
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(train.engine, "train_one_epoch", real_train)
+    monkeypatch.undo()
 
     resumed = train.main(["--dry-run", f"--resume={out}"])
     assert comparable(resumed["history"]) == comparable(full["history"])
