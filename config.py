@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from model import MODELS
+
 # CIFAR-10 training-set statistics per RGB channel, on the 0-1 scale. The std is
 # the dataset's pixel std, not the often-copied (0.2023, 0.1994, 0.2010), which
 # is an average of per-image stds.
@@ -37,6 +39,7 @@ class Config:
     weight_decay: float = 5e-4  # L2 on conv/linear weights; BatchNorm and biases get none
     label_smoothing: float = 0.1  # cross-entropy target smoothing for training (evaluation uses plain CE)
     # model
+    model: str = "net"  # net (Net: 3x3 stride-2 downsampling) or dilated (DilatedNet: unpadded dilated convs, no stride)
     dropout: float = 0.05  # dropout before the classifier
     # augmentation (Albumentations, per image, uint8)
     flip_p: float = 0.5  # probability of a horizontal flip
@@ -123,6 +126,7 @@ def check(cfg):
         ("momentum", 0 <= cfg.momentum < 1, "in [0, 1)"),
         ("weight_decay", cfg.weight_decay >= 0, "0 or more"),
         ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),
+        ("model", cfg.model in MODELS, " or ".join(MODELS)),
         ("dropout", 0 <= cfg.dropout < 1, "in [0, 1)"),
         ("shift_limit", 0 <= cfg.shift_limit <= 1, "in [0, 1]"),
         ("scale_limit", 0 <= cfg.scale_limit < 1, "in [0, 1)"),
@@ -133,7 +137,7 @@ def check(cfg):
          for p in ("flip_p", "affine_p", "hole_p", "cutmix_p")]
     for name, ok, expected in rules:
         if not ok:
-            sys.exit(f"error: --{name.replace('_', '-')}={getattr(cfg, name)} is out of range; it must be {expected}")
+            sys.exit(f"error: --{name.replace('_', '-')}={getattr(cfg, name)} is invalid; it must be {expected}")
 
 
 def resolve_device(name):

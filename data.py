@@ -113,7 +113,7 @@ def load_data(cfg):
 
 
 class AugmentedDataset(torch.utils.data.Dataset):
-    """Applies an Albumentations pipeline to in-memory uint8 images.
+    """Applies a transforms.Pipeline to in-memory uint8 images, a batch at a time.
 
     Keys are (epoch, index) pairs from EpochSampler. Each batch reseeds the
     pipeline from (seed, epoch, first index), so the augmentation an image gets
@@ -126,18 +126,21 @@ class AugmentedDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.split.labels)
 
-    def _sample(self, index):
-        image = self.transform(image=self.split.images[index])["image"]
-        return image, int(self.split.labels[index])
-
-    def __getitems__(self, keys):
+    def __getitems__(self, keys):  # -> images (B, 3, H, W) float, labels (B,) int64
         epoch, first = keys[0]
         self.transform.set_random_state(np.random.default_rng((self.seed, epoch, first)),
                                         random.Random(hash((self.seed, epoch, first))))
-        return [self._sample(index) for _, index in keys]
+        indices = [index for _, index in keys]
+        return self.transform(self.split.images[indices]), torch.from_numpy(self.split.labels[indices])
 
     def __getitem__(self, key):
-        return self.__getitems__([key])[0]
+        images, labels = self.__getitems__([key])
+        return images[0], labels[0]
+
+
+def keep_batch(batch):
+    """collate_fn for AugmentedDataset: its __getitems__ already returns a whole batch."""
+    return batch
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -193,7 +196,7 @@ def make_loader(split, transform, cfg, device, train, rank=0, world=1):
     workers = worker_count(cfg, device) if train or device.type == "cuda" else 0  # CPU eval is cheap: no processes
     return torch.utils.data.DataLoader(
         AugmentedDataset(split, transform, cfg.seed), batch_size=batch_size, sampler=sampler,
-        num_workers=workers, persistent_workers=workers > 0, worker_init_fn=_worker_init,
+        collate_fn=keep_batch, num_workers=workers, persistent_workers=workers > 0, worker_init_fn=_worker_init,
         pin_memory=device.type == "cuda", drop_last=train and len(sampler) > batch_size,
         # Its own generator: starting an epoch then draws nothing from the global RNG (dropout, CutMix).
         generator=torch.Generator().manual_seed(cfg.seed),

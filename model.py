@@ -7,16 +7,17 @@ field, and global average pooling feeds one linear classifier.
 from torch import nn
 
 
-def _padding(kernel_size, dilation):
-    return dilation * (kernel_size - 1) // 2  # keeps H, W at stride 1
+def _padding(kernel_size, dilation, valid):
+    # "same" padding keeps H, W at stride 1; an unpadded ("valid") conv trims dilation*(k-1) pixels per axis
+    return 0 if valid else dilation * (kernel_size - 1) // 2
 
 
 class ConvBN(nn.Sequential):
     """Full k x k conv -> BatchNorm -> ReLU."""
 
-    def __init__(self, c_in, c_out, kernel_size=3, stride=1, dilation=1):
+    def __init__(self, c_in, c_out, kernel_size=3, stride=1, dilation=1, valid=False):
         super().__init__(
-            nn.Conv2d(c_in, c_out, kernel_size, stride, _padding(kernel_size, dilation), dilation, bias=False),
+            nn.Conv2d(c_in, c_out, kernel_size, stride, _padding(kernel_size, dilation, valid), dilation, bias=False),
             nn.BatchNorm2d(c_out),
             nn.ReLU(inplace=True),
         )
@@ -28,9 +29,9 @@ class SeparableConv(nn.Sequential):
     About k*k + c_out times fewer weights than a full conv: c_in*(k*k + c_out).
     """
 
-    def __init__(self, c_in, c_out, kernel_size=3, stride=1, dilation=1):
+    def __init__(self, c_in, c_out, kernel_size=3, stride=1, dilation=1, valid=False):
         super().__init__(
-            nn.Conv2d(c_in, c_in, kernel_size, stride, _padding(kernel_size, dilation), dilation,
+            nn.Conv2d(c_in, c_in, kernel_size, stride, _padding(kernel_size, dilation, valid), dilation,
                       groups=c_in, bias=False),
             nn.Conv2d(c_in, c_out, 1, bias=False),
             nn.BatchNorm2d(c_out),
@@ -49,6 +50,13 @@ class Residual(nn.Module):
 
     def forward(self, x):
         return x + self.body(x)
+
+
+class Classifier(nn.Sequential):
+    """Global average pooling -> dropout -> linear: (B, C, H, W) -> (B, num_classes) logits."""
+
+    def __init__(self, c_in, num_classes, dropout):
+        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(c_in, num_classes))
 
 
 class Net(nn.Module):
@@ -70,12 +78,7 @@ class Net(nn.Module):
             SeparableConv(c3, c4, stride=2),
             Residual(SeparableConv(c4, c4), SeparableConv(c4, c4)),
         )
-        self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),  # global average pooling: (B, c4, 4, 4) -> (B, c4, 1, 1)
-            nn.Flatten(),
-            nn.Dropout(dropout),
-            nn.Linear(c4, num_classes),
-        )
+        self.head = Classifier(c4, num_classes, dropout)
 
     def forward(self, x):  # (B, 3, 32, 32)
         x = self.c1(x)  # (B, c1, 32, 32)
@@ -83,6 +86,36 @@ class Net(nn.Module):
         x = self.c3(x)  # (B, c3, 8, 8)
         x = self.c4(x)  # (B, c4, 4, 4)
         return self.head(x)  # (B, num_classes) logits
+
+
+class DilatedNet(Net):
+    """Net with no stride anywhere: unpadded dilated convs shrink the maps 32 -> 16 -> 8 -> 4.
+
+    A 3x3 conv with dilation d and no padding trims 2d pixels per axis, so d = 8, 4, 2
+    give Net's map sizes, parameters and compute. Neighbouring units stay one input
+    pixel apart (no subsampling), so the receptive field grows through dilation alone.
+    """
+
+    def __init__(self, widths=(24, 64, 112, 160), num_classes=10, dropout=0.05):
+        nn.Module.__init__(self)
+        c1, c2, c3, c4 = widths
+        self.c1 = ConvBN(3, c1)  # 32x32
+        self.c2 = nn.Sequential(  # 32x32 -> 16x16
+            ConvBN(c1, c2, dilation=8, valid=True),
+            Residual(SeparableConv(c2, c2), SeparableConv(c2, c2)),
+        )
+        self.c3 = nn.Sequential(  # 16x16 -> 8x8
+            ConvBN(c2, c3, dilation=4, valid=True),
+            Residual(SeparableConv(c3, c3, dilation=2), SeparableConv(c3, c3)),
+        )
+        self.c4 = nn.Sequential(  # 8x8 -> 4x4
+            SeparableConv(c3, c4, dilation=2, valid=True),
+            Residual(SeparableConv(c4, c4, dilation=2), SeparableConv(c4, c4)),
+        )
+        self.head = Classifier(c4, num_classes, dropout)
+
+
+MODELS = {"net": Net, "dilated": DilatedNet}  # names for config.model
 
 
 def receptive_field(model):
@@ -114,7 +147,8 @@ def architecture_rules(model):
     depthwise = [m for m in convs if m.groups == m.in_channels > 1]
     separable = any(m.groups == m.in_channels > 1 and n.kernel_size == (1, 1) and n.groups == 1
                     for m, n in zip(convs, convs[1:]))
-    downsample = [m for m in convs if m.stride != (1, 1)]
+    strided = [m for m in convs if m.stride != (1, 1)]
+    unpadded = [m for m in convs if m.kernel_size != (1, 1) and m.padding == (0, 0)]  # these shrink the map too
     rf = receptive_field(model)[-1]["rf"]
     params = count_params(model)
     has = lambda kind: any(isinstance(m, kind) for m in model.modules())  # noqa: E731
@@ -122,8 +156,9 @@ def architecture_rules(model):
         ("parameters < 200,000", f"{params:,}", params < 200_000),
         ("receptive field > 44", rf, rf > 44),
         ("no max-pooling", not has(nn.MaxPool2d), not has(nn.MaxPool2d)),
-        ("downsampling: 3x3 stride-2 convs", len(downsample),
-         all(m.kernel_size == (3, 3) and m.stride == (2, 2) for m in downsample)),
+        ("downsampling: 3x3 stride-2 or unpadded dilated convs", f"{len(strided)} strided, {len(unpadded)} dilated",
+         all(m.kernel_size == (3, 3) and m.stride == (2, 2) for m in strided)
+         and all(m.dilation != (1, 1) for m in unpadded)),
         ("depthwise-separable conv", f"{len(depthwise)} depthwise", separable),
         ("dilated conv", sum(m.dilation != (1, 1) for m in convs), any(m.dilation != (1, 1) for m in convs)),
         ("global average pooling", has(nn.AdaptiveAvgPool2d), has(nn.AdaptiveAvgPool2d)),

@@ -1,4 +1,4 @@
-"""Train Net on CIFAR-10: python train.py [--key=value ...]; python train.py --help lists every key.
+"""Train Net (or DilatedNet: --model=dilated) on CIFAR-10: python train.py [--key=value ...]; python train.py --help lists every key.
 
 Writes runs/<date-time>/ (or --out-dir): config.json, history.csv, best.pt, last.pt,
 curves.png, misclassified.png, confusion.png and summary.json.
@@ -24,7 +24,7 @@ import plots
 from checkpoint import load_checkpoint, load_weights, write_atomic, write_history_csv, write_json
 from config import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE, parse_args, resolve_device
 from data import load_data, make_loader, worker_count
-from model import Net, architecture_rules, count_params, receptive_field
+from model import MODELS, architecture_rules, count_params, receptive_field
 from transforms import test_transforms, train_transforms
 
 
@@ -113,7 +113,7 @@ def prepare(cfg, device, rank=0, world=1):
 
 
 def build_model(cfg, num_classes, device):
-    model = Net(num_classes=num_classes, dropout=cfg.dropout)
+    model = MODELS[cfg.model](num_classes=num_classes, dropout=cfg.dropout)
     return model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
 
 
@@ -128,9 +128,16 @@ def make_optimizer(cfg, model, steps_per_epoch, device):
     return optimizer, scheduler, torch.amp.GradScaler("cuda") if fp16 else None
 
 
+def same_model(cfg, ckpt):
+    """Net and DilatedNet have the same weight shapes, so a --model override would load without complaint."""
+    if cfg.model != ckpt["config"].model:
+        sys.exit(f"error: {ckpt['path']} holds a --model={ckpt['config'].model} network; drop --model={cfg.model}")
+
+
 def evaluate_checkpoint(argv, path):
     ckpt = load_checkpoint(path)
     cfg = parse_args(argv, base=replace(ckpt["config"], out_dir=""))  # never write into the run itself
+    same_model(cfg, ckpt)
     device = resolve_device(cfg.device)
     data, test_loader = prepare(cfg, device)
     model = build_model(cfg, len(data.classes), device)
@@ -179,6 +186,7 @@ def main(argv=None):
         if cfg.epochs != ckpt["config"].epochs:
             sys.exit(f"error: the run was planned for {ckpt['config'].epochs} epochs and its LR schedule "
                      "depends on that; resume without --epochs, or start a new run")
+        same_model(cfg, ckpt)
     if cfg.dry_run:  # tiny and quick, whatever the config says
         cfg = replace(cfg, epochs=min(cfg.epochs, 2), batch_size=16, workers=0)
 

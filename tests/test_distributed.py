@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import train
+from model import Net
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,4 +89,4 @@ def test_checkpoint_loads_into_a_plain_net(ddp_run):
     out, _ = ddp_run
     state = torch.load(os.path.join(out, "last.pt"), weights_only=True)["model"]
     assert not any(k.startswith("module.") for k in state)
-    train.Net().load_state_dict(state)
+    Net().load_state_dict(state)

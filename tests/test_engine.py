@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import engine
-from data import AugmentedDataset, EpochSampler, Split
+from data import AugmentedDataset, EpochSampler, Split, keep_batch
 from model import Net
 import transforms as T
 
@@ -28,7 +28,7 @@ def loader(n, batch_size):
     """Uneven last batch on purpose: n is not a multiple of batch_size."""
     split = Split(np.zeros((n, 32, 32, 3), np.uint8), np.arange(n) % 10)
     return torch.utils.data.DataLoader(AugmentedDataset(split, T.test_transforms()), batch_size=batch_size,
-                                       sampler=EpochSampler(n, shuffle=False))
+                                       sampler=EpochSampler(n, shuffle=False), collate_fn=keep_batch)
 
 
 def test_evaluate_averages_over_every_sample():
@@ -76,7 +76,7 @@ def test_net_overfits_a_small_batch():
     rng = np.random.default_rng(0)
     split = Split(rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 32))
     batches = torch.utils.data.DataLoader(AugmentedDataset(split, T.test_transforms()), batch_size=32,
-                                          sampler=EpochSampler(32, shuffle=False))
+                                          sampler=EpochSampler(32, shuffle=False), collate_fn=keep_batch)
     model = Net(dropout=0.0)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     first = engine.train_one_epoch(model, batches, optimizer)

@@ -5,13 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from model import Net, architecture_rules, count_params, receptive_field
+from model import MODELS, DilatedNet, Net, architecture_rules, count_params, receptive_field
 
 
-@pytest.fixture(scope="module")
-def net():
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def net(request):
     torch.manual_seed(0)
-    return Net()
+    return MODELS[request.param]()
 
 
 def test_forward_shape_and_finite(net):
@@ -31,15 +31,32 @@ def test_no_max_pooling(net):
     assert not any(isinstance(m, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)) for m in net.modules())
 
 
-def test_downsampling_is_exactly_three_3x3_stride2_convs(net):
+def map_sizes(net):
+    sizes = []
+    hooks = [block.register_forward_hook(lambda m, i, o: sizes.append(tuple(o.shape[2:])))
+             for block in (net.c1, net.c2, net.c3, net.c4)]
+    net.eval()(torch.randn(1, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    return sizes
+
+
+def test_net_downsamples_with_exactly_three_3x3_stride2_convs():
+    net = Net()
     strided = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.stride != (1, 1)]
     assert len(strided) == 3
     assert all(m.kernel_size == (3, 3) and m.stride == (2, 2) for m in strided)
-    shapes = []
-    for block in (net.c1, net.c2, net.c3, net.c4):
-        block.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[2:])))
-    net.eval()(torch.randn(1, 3, 32, 32))
-    assert shapes == [(32, 32), (16, 16), (8, 8), (4, 4)]
+    assert map_sizes(net) == [(32, 32), (16, 16), (8, 8), (4, 4)]
+
+
+def test_dilated_net_has_no_stride_and_shrinks_only_by_unpadded_dilated_convs():
+    net = DilatedNet()
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert all(m.stride == (1, 1) for m in convs)
+    shrinking = [m for m in convs if m.kernel_size != (1, 1) and m.padding == (0, 0)]
+    assert len(shrinking) == 3 and all(m.dilation[0] > 1 for m in shrinking)
+    assert all(m.padding[0] == m.dilation[0] * (m.kernel_size[0] - 1) // 2 for m in convs if m not in shrinking)
+    assert map_sizes(net) == [(32, 32), (16, 16), (8, 8), (4, 4)]
 
 
 def test_depthwise_separable_and_dilated(net):
@@ -65,7 +82,6 @@ def test_receptive_field_table_is_computed_from_the_model():
     rows = receptive_field(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, stride=2),
                                          nn.Conv2d(4, 4, 3, dilation=2)))
     assert [(r["jump"], r["rf"]) for r in rows] == [(1, 3), (2, 5), (2, 13)]
-    assert receptive_field(Net())[-1]["rf"] > 44
 
 
 def measured_receptive_field(net, size=192):
@@ -86,8 +102,11 @@ def measured_receptive_field(net, size=192):
     return (rows.max() - rows.min() + 1).item()
 
 
-def test_receptive_field_matches_input_gradient_extent():
-    assert measured_receptive_field(Net()) == receptive_field(Net())[-1]["rf"]
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_receptive_field_matches_input_gradient_extent(name):
+    rf = receptive_field(MODELS[name]())[-1]["rf"]
+    assert rf > 44
+    assert measured_receptive_field(MODELS[name]()) == rf
 
 
 def test_model_imports_only_torch():

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import train
+from model import Net
 from conftest import change_epoch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,6 +72,14 @@ def test_evaluate_reproduces_the_final_accuracy(dry_run):
     assert (out / "evaluate" / "confusion.png").exists()
 
 
+def test_dilated_model_runs_and_its_checkpoint_keeps_its_kind(tmp_path):
+    result = train.main(["--dry-run", "--model=dilated", f"--out-dir={tmp_path}/d"])
+    evaluated = train.main([f"--evaluate={tmp_path}/d"])
+    assert evaluated["test_acc"] == result["final_test_acc"]
+    with pytest.raises(SystemExit, match="holds a --model=dilated network"):
+        train.main([f"--evaluate={tmp_path}/d", "--model=net"])
+
+
 def test_existing_run_dir_is_not_overwritten(dry_run):
     out, _ = dry_run
     before = (out / "last.pt").read_bytes()
@@ -104,7 +113,7 @@ def test_command_line_dry_run(tmp_path):
 
 
 def test_model_report_leaves_batchnorm_statistics_alone(capsys):
-    model = train.Net()
+    model = Net()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     train.print_model_report(model, torch.device("cpu"))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

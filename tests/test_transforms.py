@@ -18,17 +18,15 @@ def normalized(value):
 def test_building_and_running_the_pipelines_warns_nothing():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        image = np.zeros((32, 32, 3), np.uint8)
-        T.train_transforms()(image=image)
-        T.test_transforms()(image=image)
+        images = np.zeros((2, 32, 32, 3), np.uint8)
+        T.train_transforms()(images)
+        T.test_transforms()(images)
 
 
 def test_one_16x16_hole_filled_with_the_dataset_mean():
     transform = T.train_transforms(ONLY_HOLE)
     fill = normalized(T.mean_fill())
-    for seed in range(20):
-        transform.set_random_seed(seed)
-        out = transform(image=np.full((32, 32, 3), 255, np.uint8))["image"]  # (3, 32, 32)
+    for out in transform(np.full((20, 32, 32, 3), 255, np.uint8)):  # (3, 32, 32) each
         hole = torch.isclose(out, fill[:, None, None], atol=1e-4).all(0)
         rows, cols = hole.any(1).nonzero().flatten(), hole.any(0).nonzero().flatten()
         assert hole.sum() == 16 * 16
@@ -41,33 +39,43 @@ def test_mean_fill_is_the_uint8_dataset_mean():
 
 
 def test_hole_size_follows_config():
-    out = T.train_transforms(replace(ONLY_HOLE, hole_size=8))(image=np.full((32, 32, 3), 255, np.uint8))["image"]
+    out = T.train_transforms(replace(ONLY_HOLE, hole_size=8))(np.full((1, 32, 32, 3), 255, np.uint8))[0]
     assert torch.isclose(out, normalized(T.mean_fill())[:, None, None], atol=1e-4).all(0).sum() == 64
 
 
 def test_horizontal_flip():
     cfg = replace(Config(), flip_p=1.0, affine_p=0.0, hole_p=0.0)
-    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    flipped = T.train_transforms(cfg)(image=image)["image"]
-    expected = T.test_transforms()(image=image[:, ::-1].copy())["image"]
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    flipped = T.train_transforms(cfg)(images)
+    expected = T.test_transforms()(images[:, :, ::-1].copy())
     assert torch.allclose(flipped, expected)
 
 
-def test_test_transform_normalizes_exactly():
-    image = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    out = T.test_transforms()(image=image)["image"]
-    expected = (torch.from_numpy(image).permute(2, 0, 1).float() / 255 - torch.tensor(CIFAR10_MEAN)[:, None, None]) \
+def test_test_transform_normalizes_exactly_in_channels_last_layout():
+    images = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    out = T.test_transforms()(images)
+    expected = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - torch.tensor(CIFAR10_MEAN)[:, None, None]) \
         / torch.tensor(CIFAR10_STD)[:, None, None]
-    assert out.dtype == torch.float32 and out.shape == (3, 32, 32)
+    assert out.dtype == torch.float32 and out.shape == (4, 3, 32, 32)
+    assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_batch_normalize_equals_albumentations_per_image():
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+    images = np.random.default_rng(3).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    per_image = A.Compose([A.Normalize(mean=CIFAR10_MEAN, std=CIFAR10_STD), ToTensorV2()])
+    expected = torch.stack([per_image(image=image)["image"] for image in images])
+    assert torch.equal(T.test_transforms()(images), expected)
 
 
 def test_affine_moves_pixels_and_keeps_shape():
     cfg = replace(Config(), flip_p=0.0, affine_p=1.0, hole_p=0.0)
-    image = np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    out = T.train_transforms(cfg)(image=image)["image"]
-    assert out.shape == (3, 32, 32)
-    assert not torch.allclose(out, T.test_transforms()(image=image)["image"])
+    images = np.random.default_rng(2).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    out = T.train_transforms(cfg)(images)
+    assert out.shape == (2, 3, 32, 32)
+    assert not torch.allclose(out, T.test_transforms()(images))
 
 
 def test_cutmix_soft_labels_match_the_pasted_area():
