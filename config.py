@@ -29,10 +29,10 @@ class Config:
     # data
     data_dir: str = "data"  # CIFAR-10 download/cache dir, or an ImageFolder root with train/ and val/ or test/
     download: bool = True  # download CIFAR-10 into data_dir when it is not there (needs network)
-    workers: int = -1  # DataLoader processes (0: main process; -1: auto, 2 on CPU, one per core up to 16 on CUDA)
+    workers: int = -1  # DataLoader processes (0: main process; -1: auto, on CPU 0 for <= 2 cores else 2, on CUDA one per core up to 16)
     # optimisation
     epochs: int = 15  # passes over the training split
-    batch_size: int = 256  # images per optimizer step (the global batch under torchrun)
+    batch_size: int = 128  # images per optimizer step (the global batch under torchrun)
     lr: float = 0.2  # peak learning rate of the one-cycle schedule
     warmup: float = 0.2  # fraction of all steps spent warming the LR up from lr/25 to lr
     momentum: float = 0.9  # SGD momentum (Nesterov)
@@ -40,15 +40,15 @@ class Config:
     label_smoothing: float = 0.1  # cross-entropy target smoothing for training (evaluation uses plain CE)
     # model
     model: str = "net"  # net (Net: 3x3 stride-2 downsampling) or dilated (DilatedNet: unpadded dilated convs, no stride)
-    dropout: float = 0.05  # dropout before the classifier
+    dropout: float = 0.0  # dropout before the classifier
     # augmentation (Albumentations, per image, uint8)
     flip_p: float = 0.5  # probability of a horizontal flip
     shift_limit: float = 0.0625  # max shift as a fraction of the image side
     scale_limit: float = 0.1  # max relative zoom in or out
     rotate_limit: float = 15.0  # max rotation in degrees
-    affine_p: float = 0.5  # probability of the shift/scale/rotate transform
+    affine_p: float = 0.25  # probability of the shift/scale/rotate transform
     hole_size: int = 16  # CoarseDropout: side of the single square hole, in pixels (filled with the dataset mean)
-    hole_p: float = 0.5  # probability of the hole
+    hole_p: float = 0.25  # probability of the hole
     cutmix_p: float = 0.0  # probability that a training batch is CutMixed (0: off)
     # run
     seed: int = 0  # seeds weights, data order and augmentation

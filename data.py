@@ -179,11 +179,15 @@ def _worker_init(worker_id):
 
 
 def worker_count(cfg, device):
-    """cfg.workers, or for -1 (auto): 2 on CPU, where more workers take cores from the model's math
-    (measured on 2 cores: 2 workers beat 0 and 1), and one per core, up to 16, to keep a GPU fed."""
+    """cfg.workers, or for -1 (auto): one per core, up to 16, to keep a GPU fed; on CPU none on 2 cores or
+    fewer, where worker processes only take cores from the model's math (measured on 2 cores: a full epoch
+    took 84.0 s with 0 workers, 86.7 s with 1, 85.7 s with 2), else 2."""
     if cfg.workers >= 0:
         return cfg.workers
-    return min(os.cpu_count() or 1, 16) if device.type == "cuda" else 2
+    cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        return min(cores, 16)
+    return 0 if cores <= 2 else 2
 
 
 def make_loader(split, transform, cfg, device, train, rank=0, world=1):

@@ -49,7 +49,10 @@ def average_buffers(model):
 
 def to_device(x, device, channels_last):
     x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+    if x.dim() != 4:
+        return x
+    # Batches arrive channels_last in memory (no copy when the model wants that); NCHW models get a copy.
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def backward_and_step(loss, optimizer, scaler=None):

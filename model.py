@@ -60,7 +60,7 @@ class Classifier(nn.Sequential):
 
 
 class Net(nn.Module):
-    def __init__(self, widths=(24, 64, 112, 160), num_classes=10, dropout=0.05):
+    def __init__(self, widths=(24, 64, 112, 160), num_classes=10, dropout=0.0):
         super().__init__()
         c1, c2, c3, c4 = widths
         # Full-resolution maps are the costliest per channel (memory traffic), so
@@ -96,7 +96,7 @@ class DilatedNet(Net):
     pixel apart (no subsampling), so the receptive field grows through dilation alone.
     """
 
-    def __init__(self, widths=(24, 64, 112, 160), num_classes=10, dropout=0.05):
+    def __init__(self, widths=(24, 64, 112, 160), num_classes=10, dropout=0.0):
         nn.Module.__init__(self)
         c1, c2, c3, c4 = widths
         self.c1 = ConvBN(3, c1)  # 32x32
