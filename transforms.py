@@ -26,8 +26,8 @@ class Pipeline:
 
     Albumentations' `images=` path normalizes a whole batch in one vectorized call,
     about 20x cheaper per image than Normalize + ToTensorV2 image by image, and the
-    result is the same to the last bit. On 2 CPU cores the workers share the cores
-    with the model, so every microsecond per image counts.
+    result is the same to the last bit. On a 2-core CPU the augmentation shares the
+    cores with the model, so every microsecond per image counts.
     """
 
     def __init__(self, per_image, mean, std):
