@@ -2,7 +2,8 @@
 
 No max-pooling: three 3x3 stride-2 convs halve the resolution (32 -> 16 -> 8 -> 4).
 Depthwise-separable convs do most of the work, dilated ones widen the receptive
-field, and global average pooling feeds one linear classifier.
+field, and global average pooling feeds one linear classifier. DilatedNet is the
+same net with no stride: unpadded dilated convs shrink the maps instead.
 """
 from torch import nn
 
@@ -59,7 +60,18 @@ class Classifier(nn.Sequential):
         super().__init__(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(c_in, num_classes))
 
 
-class Net(nn.Module):
+class FourStages(nn.Module):
+    """C1 C2 C3 C4 + head, run in order; subclasses build the stages."""
+
+    def forward(self, x):  # (B, 3, 32, 32)
+        x = self.c1(x)  # (B, c1, 32, 32)
+        x = self.c2(x)  # (B, c2, 16, 16)
+        x = self.c3(x)  # (B, c3, 8, 8)
+        x = self.c4(x)  # (B, c4, 4, 4)
+        return self.head(x)  # (B, num_classes) logits
+
+
+class Net(FourStages):
     def __init__(self, widths=(24, 64, 112, 160), num_classes=10, dropout=0.0):
         super().__init__()
         c1, c2, c3, c4 = widths
@@ -80,15 +92,8 @@ class Net(nn.Module):
         )
         self.head = Classifier(c4, num_classes, dropout)
 
-    def forward(self, x):  # (B, 3, 32, 32)
-        x = self.c1(x)  # (B, c1, 32, 32)
-        x = self.c2(x)  # (B, c2, 16, 16)
-        x = self.c3(x)  # (B, c3, 8, 8)
-        x = self.c4(x)  # (B, c4, 4, 4)
-        return self.head(x)  # (B, num_classes) logits
 
-
-class DilatedNet(Net):
+class DilatedNet(FourStages):
     """Net with no stride anywhere: unpadded dilated convs shrink the maps 32 -> 16 -> 8 -> 4.
 
     A 3x3 conv with dilation d and no padding trims 2d pixels per axis, so d = 8, 4, 2
@@ -97,7 +102,7 @@ class DilatedNet(Net):
     """
 
     def __init__(self, widths=(24, 64, 112, 160), num_classes=10, dropout=0.0):
-        nn.Module.__init__(self)
+        super().__init__()
         c1, c2, c3, c4 = widths
         self.c1 = ConvBN(3, c1)  # 32x32
         self.c2 = nn.Sequential(  # 32x32 -> 16x16

@@ -1,4 +1,5 @@
-"""Train Net (or DilatedNet: --model=dilated) on CIFAR-10: python train.py [--key=value ...]; python train.py --help lists every key.
+"""Train Net (or DilatedNet: --model=dilated) on CIFAR-10: python train.py [--key=value ...];
+python train.py --help lists every key.
 
 Writes runs/<date-time>/ (or --out-dir): config.json, history.csv, best.pt, last.pt,
 curves.png, misclassified.png, confusion.png and summary.json.
