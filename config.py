@@ -35,7 +35,7 @@ class Config:
     batch_size: int = 128  # images per optimizer step (the global batch under torchrun)
     lr: float = 0.2  # peak learning rate of the one-cycle schedule
     warmup: float = 0.2  # fraction of all steps spent warming the LR up from lr/25 to lr
-    momentum: float = 0.9  # SGD momentum (Nesterov)
+    momentum: float = 0.95  # SGD momentum (Nesterov) at the start and end; one-cycle lowers it by 0.1 while the LR peaks
     weight_decay: float = 5e-4  # L2 on conv/linear weights; BatchNorm and biases get none
     label_smoothing: float = 0.1  # cross-entropy target smoothing for training (evaluation uses plain CE)
     # model

@@ -122,9 +122,12 @@ def make_optimizer(cfg, model, steps_per_epoch, device):
     """Nesterov SGD, one-cycle LR (lr/25 -> lr -> ~0, cosine), and a loss scaler when AMP runs in fp16."""
     optimizer = torch.optim.SGD(engine.param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                 momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    # OneCycleLR also sets the momentum on every step: cfg.momentum at both ends, 0.1 lower (never
+    # below 0) at the LR peak, so a high LR comes with less inertia. --momentum=0 is plain SGD.
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.warmup,
-        div_factor=25, final_div_factor=1e4)
+        div_factor=25, final_div_factor=1e4, cycle_momentum=cfg.momentum > 0,
+        base_momentum=max(cfg.momentum - 0.1, 0.0), max_momentum=cfg.momentum)
     fp16 = cfg.amp and device.type == "cuda" and engine.amp_dtype(device) == torch.float16
     return optimizer, scheduler, torch.amp.GradScaler("cuda") if fp16 else None
 
