@@ -113,15 +113,22 @@ def train_one_epoch(model, loader, optimizer, scheduler=None, *, label_smoothing
 
 
 @torch.no_grad()
-def predict(model, loader, *, amp=True, channels_last=False):
-    """Logits (N, C) float32 and labels (N,) for a whole split, on the CPU, in loader order."""
+def predict(model, loader, *, amp=True, channels_last=False, flip=False):
+    """Logits (N, C) float32 and labels (N,) for a whole split, on the CPU, in loader order.
+
+    flip=True is flip test-time augmentation: the mean of the logits of each image
+    and of its mirror image (two forward passes).
+    """
     device = next(model.parameters()).device
     model.eval()
     all_logits, all_labels = [], []
     for images, labels in loader:
+        images = to_device(images, device, channels_last)
         with autocast(device, amp):
-            logits = model(to_device(images, device, channels_last))
-        all_logits.append(logits.float().cpu())
+            logits = model(images).float()
+            if flip:
+                logits = (logits + model(images.flip(3)).float()) / 2
+        all_logits.append(logits.cpu())
         all_labels.append(labels)
     return torch.cat(all_logits), torch.cat(all_labels)
 

@@ -68,7 +68,10 @@ def print_model_report(model, device):
 
 
 def save_analysis(model, loader, data, run_dir, cfg):
-    """Evaluate once on the test split; save the confusion matrix and misclassified grid. Returns metrics."""
+    """Evaluate once on the test split; save the confusion matrix and misclassified grid.
+
+    Returns {'loss', 'acc'} (plain single view, the headline) and 'flip_acc' (flip test-time augmentation).
+    """
     logits, labels = engine.predict(model, loader, amp=cfg.amp, channels_last=cfg.channels_last)
     confusion = engine.confusion_matrix(logits, labels, len(data.classes))
     wrong = engine.misclassified(logits, labels, k=25)
@@ -78,7 +81,8 @@ def save_analysis(model, loader, data, run_dir, cfg):
                              data.classes, os.path.join(run_dir, "misclassified.png"), CIFAR10_MEAN, CIFAR10_STD)
     per_class = engine.per_class_accuracy(confusion)
     print("per-class accuracy: " + ", ".join(f"{c} {a:.1f}%" for c, a in zip(data.classes, per_class.tolist())))
-    return engine.metrics(logits, labels)
+    flip_logits, _ = engine.predict(model, loader, amp=cfg.amp, channels_last=cfg.channels_last, flip=True)
+    return dict(engine.metrics(logits, labels), flip_acc=engine.metrics(flip_logits, labels)["acc"])
 
 
 def init_distributed(device):
@@ -150,9 +154,9 @@ def evaluate_checkpoint(argv, path):
     os.makedirs(run_dir, exist_ok=True)
     result = save_analysis(model, test_loader, data, run_dir, cfg)
     print(f"{ckpt['path']} (epoch {ckpt['epoch']}): {data.test_name} loss {result['loss']:.4f} "
-          f"acc {result['acc']:.2f}%; plots in {run_dir}")
+          f"acc {result['acc']:.2f}% (flip TTA {result['flip_acc']:.2f}%); plots in {run_dir}")
     return {"checkpoint": ckpt["path"], "epoch": ckpt["epoch"], "test_loss": result["loss"],
-            "test_acc": result["acc"], "out_dir": run_dir}
+            "test_acc": result["acc"], "test_acc_flip_tta": result["flip_acc"], "out_dir": run_dir}
 
 
 @contextlib.contextmanager
@@ -293,11 +297,12 @@ def main(argv=None):
     final = save_analysis(model, test_loader, data, run_dir, cfg)
     result = dict(params=count_params(model), receptive_field=receptive_field(model)[-1]["rf"],
                   best_test_acc=best_acc, best_epoch=best_epoch, final_test_acc=final["acc"],
-                  final_test_loss=final["loss"], epochs=cfg.epochs,
+                  final_test_loss=final["loss"], final_test_acc_flip_tta=final["flip_acc"], epochs=cfg.epochs,
                   train_seconds=sum(h["seconds"] for h in history), test_split=data.test_name,
                   data=data.source, device=str(device), processes=world, run_dir=run_dir, history=history)
     write_json(result, os.path.join(run_dir, "summary.json"))
-    print(f"\nfinal {data.test_name} acc {final['acc']:.2f}% (best {best_acc:.2f}% at epoch {best_epoch}); "
+    print(f"\nfinal {data.test_name} acc {final['acc']:.2f}% (best {best_acc:.2f}% at epoch {best_epoch}; "
+          f"flip TTA {final['flip_acc']:.2f}%); "
           f"{result['train_seconds']:.0f}s of training; files in {run_dir}")
     return result
 

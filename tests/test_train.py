@@ -30,9 +30,10 @@ def test_dry_run_writes_every_artifact(dry_run):
     for name in ARTIFACTS:
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("params", "receptive_field", "best_test_acc", "best_epoch", "final_test_acc", "epochs",
-                "train_seconds", "history"):
+    for key in ("params", "receptive_field", "best_test_acc", "best_epoch", "final_test_acc",
+                "final_test_acc_flip_tta", "epochs", "train_seconds", "history"):
         assert key in summary, key
+    assert 0 <= summary["final_test_acc_flip_tta"] <= 100
     assert summary["params"] < 200_000 and summary["receptive_field"] > 44
     assert [h["epoch"] for h in summary["history"]] == [1, 2]
     assert set(summary["history"][0]) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
@@ -69,6 +70,7 @@ def test_evaluate_reproduces_the_final_accuracy(dry_run):
     out, result = dry_run
     evaluated = train.main([f"--evaluate={out}"])
     assert evaluated["test_acc"] == result["final_test_acc"]
+    assert evaluated["test_acc_flip_tta"] == result["final_test_acc_flip_tta"]
     assert (out / "evaluate" / "confusion.png").exists()
 
 
