@@ -14,18 +14,18 @@ def _padding(kernel_size, dilation, valid):
 
 
 class ConvBN(nn.Sequential):
-    """Full k x k conv -> BatchNorm -> ReLU."""
+    """Full k x k conv -> BatchNorm -> SiLU."""
 
     def __init__(self, c_in, c_out, kernel_size=3, stride=1, dilation=1, valid=False):
         super().__init__(
             nn.Conv2d(c_in, c_out, kernel_size, stride, _padding(kernel_size, dilation, valid), dilation, bias=False),
             nn.BatchNorm2d(c_out),
-            nn.ReLU(inplace=True),
+            nn.SiLU(inplace=True),  # x * sigmoid(x): far ahead of ReLU in this net (README, The model)
         )
 
 
 class SeparableConv(nn.Sequential):
-    """Depthwise k x k (one filter per channel) -> pointwise 1x1 -> BatchNorm -> ReLU.
+    """Depthwise k x k (one filter per channel) -> pointwise 1x1 -> BatchNorm -> SiLU.
 
     About k*k + c_out times fewer weights than a full conv: c_in*(k*k + c_out).
     """
@@ -36,7 +36,7 @@ class SeparableConv(nn.Sequential):
                       groups=c_in, bias=False),
             nn.Conv2d(c_in, c_out, 1, bias=False),
             nn.BatchNorm2d(c_out),
-            nn.ReLU(inplace=True),
+            nn.SiLU(inplace=True),
         )
 
 
