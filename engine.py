@@ -113,11 +113,11 @@ def train_one_epoch(model, loader, optimizer, scheduler=None, *, label_smoothing
 
 
 @torch.no_grad()
-def predict(model, loader, *, amp=True, channels_last=False, flip=False):
+def predict(model, loader, *, amp=True, channels_last=False, mirror=False):
     """Logits (N, C) float32 and labels (N,) for a whole split, on the CPU, in loader order.
 
-    flip=True is flip test-time augmentation: the mean of the logits of each image
-    and of its mirror image (two forward passes).
+    mirror=True: the logits of each image's left-right mirror, for flip test-time
+    augmentation (the mean of the plain and mirror logits).
     """
     device = next(model.parameters()).device
     model.eval()
@@ -125,9 +125,7 @@ def predict(model, loader, *, amp=True, channels_last=False, flip=False):
     for images, labels in loader:
         images = to_device(images, device, channels_last)
         with autocast(device, amp):
-            logits = model(images).float()
-            if flip:
-                logits = (logits + model(images.flip(3)).float()) / 2
+            logits = model(images.flip(3) if mirror else images).float()
         all_logits.append(logits.cpu())
         all_labels.append(labels)
     return torch.cat(all_logits), torch.cat(all_labels)

@@ -81,8 +81,9 @@ def save_analysis(model, loader, data, run_dir, cfg):
                              data.classes, os.path.join(run_dir, "misclassified.png"), CIFAR10_MEAN, CIFAR10_STD)
     per_class = engine.per_class_accuracy(confusion)
     print("per-class accuracy: " + ", ".join(f"{c} {a:.1f}%" for c, a in zip(data.classes, per_class.tolist())))
-    flip_logits, _ = engine.predict(model, loader, amp=cfg.amp, channels_last=cfg.channels_last, flip=True)
-    return dict(engine.metrics(logits, labels), flip_acc=engine.metrics(flip_logits, labels)["acc"])
+    mirror_logits, _ = engine.predict(model, loader, amp=cfg.amp, channels_last=cfg.channels_last, mirror=True)
+    flip_acc = engine.metrics((logits + mirror_logits) / 2, labels)["acc"]  # flip TTA: mean logits of image and mirror
+    return dict(engine.metrics(logits, labels), flip_acc=flip_acc)
 
 
 def init_distributed(device):

@@ -51,7 +51,7 @@ def test_predict_returns_all_logits_and_labels_in_order():
     assert torch.equal(out, logits) and torch.equal(labels, torch.arange(9) % 10)
 
 
-def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror():
+def test_predict_mirror_gives_the_logits_of_each_mirrored_image():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     split = Split(rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8), np.arange(6))
@@ -60,10 +60,10 @@ def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))  # not mirror-symmetric
     x = torch.cat([images for images, _ in batches])
     plain, _ = engine.predict(model, batches)
-    tta, labels = engine.predict(model, batches, flip=True)
+    mirror, labels = engine.predict(model, batches, mirror=True)
     with torch.no_grad():
-        assert torch.allclose(tta, (model(x) + model(x.flip(3))) / 2, atol=1e-5)
-    assert not torch.allclose(tta, plain, atol=1e-3) and labels.tolist() == list(range(6))
+        assert torch.allclose(mirror, model(x.flip(3)), atol=1e-5)
+    assert not torch.allclose(mirror, plain, atol=1e-3) and labels.tolist() == list(range(6))
 
 
 def test_confusion_matrix_and_per_class_accuracy():
