@@ -3,11 +3,15 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 import train
+from config import Config
+from data import AugmentedDataset, Data, EpochSampler, Split, keep_batch
 from model import Net
+import transforms as T
 from conftest import change_epoch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,6 +76,22 @@ def test_evaluate_reproduces_the_final_accuracy(dry_run):
     assert evaluated["test_acc"] == result["final_test_acc"]
     assert evaluated["test_acc_flip_tta"] == result["final_test_acc_flip_tta"]
     assert (out / "evaluate" / "confusion.png").exists()
+
+
+def test_flip_tta_scores_the_mean_logits_of_each_image_and_its_mirror(tmp_path):
+    torch.manual_seed(0)
+    images = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))  # not mirror-symmetric
+    x = T.test_transforms()(images)
+    with torch.no_grad():
+        labels = ((model(x) + model(x.flip(3))) / 2).argmax(1).numpy()  # right under flip TTA, by construction
+        plain_right = (model(x).argmax(1).numpy() == labels).mean()
+    split = Split(images, labels)
+    loader = torch.utils.data.DataLoader(AugmentedDataset(split, T.test_transforms()), batch_size=16,
+                                         sampler=EpochSampler(40, shuffle=False), collate_fn=keep_batch)
+    data = Data(split, split, tuple(map(str, range(10))), "synthetic", "val")
+    result = train.save_analysis(model, loader, data, str(tmp_path), Config())
+    assert result["flip_acc"] == 100 and result["acc"] == pytest.approx(100 * plain_right) and plain_right < 1
 
 
 def test_dilated_model_runs_and_its_checkpoint_keeps_its_kind(tmp_path):
