@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from model import MODELS, DilatedNet, Net, architecture_rules, count_params, receptive_field
+from model import (MODELS, DilatedNet, Net, Residual, SeparableConv, architecture_rules, count_params,
+                   receptive_field)
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
@@ -76,6 +77,16 @@ def test_global_average_pooling_then_linear(net):
 def test_rules_table_passes(net):
     failed = [rule for rule, _, ok in architecture_rules(net) if not ok]
     assert failed == []
+
+
+def test_residual_block_starts_as_the_identity_and_adds_its_body():
+    torch.manual_seed(0)
+    block = Residual(SeparableConv(8, 8), SeparableConv(8, 8)).eval()
+    x = torch.randn(2, 8, 6, 6)
+    assert torch.equal(block(x), x)  # the body's last BatchNorm starts at zero
+    nn.init.ones_(block.body[-1][2].weight)
+    body = block.body(x)
+    assert body.abs().sum() > 0 and torch.allclose(block(x), x + body)
 
 
 def test_receptive_field_table_is_computed_from_the_model():
