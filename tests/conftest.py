@@ -3,6 +3,11 @@ import os
 import cv2
 import numpy as np
 import pytest
+import torch
+
+import transforms
+from config import Config
+from data import make_loader
 
 
 def make_image_folder(root, per_class=(40, 8), classes=10, size=32):
@@ -15,6 +20,12 @@ def make_image_folder(root, per_class=(40, 8), classes=10, size=32):
                 image = rng.integers(0, 200, (size, size, 3)) + 5 * c
                 cv2.imwrite(str(root / split / f"class{c}" / f"{i}.png"), image.astype(np.uint8))
     return root
+
+
+def eval_loader(split, batch_size):
+    """Evaluation batches of a Split in order, on the CPU, as the pipeline makes them."""
+    return make_loader(split, transforms.test_transforms(), Config(batch_size=batch_size), torch.device("cpu"),
+                       train=False)
 
 
 @pytest.fixture(scope="session")

@@ -5,10 +5,9 @@ import torch
 from torch import nn
 
 import engine
-from config import Config
-from data import Split, make_loader
+from conftest import eval_loader
+from data import Split
 from model import Net
-import transforms as T
 
 
 class FixedLogits(nn.Module):
@@ -25,11 +24,6 @@ class FixedLogits(nn.Module):
         return out
 
 
-def loader(split, batch_size):
-    """Evaluation batches in order, as the pipeline makes them."""
-    return make_loader(split, T.test_transforms(), Config(batch_size=batch_size), torch.device("cpu"), train=False)
-
-
 def blank(n):
     """n black images labelled 0, 1, ..., 9, 0, 1, ..."""
     return Split(np.zeros((n, 32, 32, 3), np.uint8), np.arange(n) % 10)
@@ -44,14 +38,14 @@ def test_evaluate_averages_over_every_sample():
     labels = torch.arange(n) % 10
     expected_acc = 100 * (logits.argmax(1) == labels).sum().item() / n
     expected_loss = sum(-torch.log_softmax(logits[i], 0)[labels[i]].item() for i in range(n)) / n
-    result = engine.evaluate(FixedLogits(logits), loader(blank(n), batch_size=4))  # last batch: 2 images
+    result = engine.evaluate(FixedLogits(logits), eval_loader(blank(n), batch_size=4))  # last batch: 2 images
     assert math.isclose(result["acc"], expected_acc)
     assert math.isclose(result["loss"], expected_loss, rel_tol=1e-5)
 
 
 def test_predict_returns_all_logits_and_labels_in_order():
     logits = torch.randn(9, 10)
-    out, labels = engine.predict(FixedLogits(logits), loader(blank(9), batch_size=4))
+    out, labels = engine.predict(FixedLogits(logits), eval_loader(blank(9), batch_size=4))
     assert torch.equal(out, logits) and torch.equal(labels, torch.arange(9) % 10)
 
 
@@ -59,7 +53,7 @@ def test_predict_mirror_gives_the_logits_of_each_mirrored_image():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     split = Split(rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8), np.arange(6))
-    batches = loader(split, batch_size=4)
+    batches = eval_loader(split, batch_size=4)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))  # not mirror-symmetric
     x = torch.cat([images for images, _ in batches])
     plain, _ = engine.predict(model, batches)
@@ -93,7 +87,7 @@ def test_net_overfits_a_small_batch():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     split = Split(rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 32))
-    batches = loader(split, batch_size=32)
+    batches = eval_loader(split, batch_size=32)
     model = Net(dropout=0.0)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     first = engine.train_one_epoch(model, batches, optimizer)
@@ -106,7 +100,7 @@ def test_net_overfits_a_small_batch():
 def test_train_loss_is_mean_per_sample():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
-    batches = loader(blank(10), batch_size=4)  # 4, 4 and 2 images: a mean over batches would be off
+    batches = eval_loader(blank(10), batch_size=4)  # 4, 4 and 2 images: a mean over batches would be off
     before = [p.detach().clone() for p in model.parameters()]
     result = engine.train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.0))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
@@ -117,7 +111,7 @@ def test_fp16_loss_scaling_path_trains():
     """The CUDA fp16 path (GradScaler) run on the CPU: same step, loss goes down."""
     torch.manual_seed(0)
     model = Net(dropout=0.0)
-    batches = loader(blank(16), batch_size=16)
+    batches = eval_loader(blank(16), batch_size=16)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu")
     losses = [engine.train_one_epoch(model, batches, optimizer, scaler=scaler)["loss"] for _ in range(5)]

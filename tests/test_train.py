@@ -9,10 +9,10 @@ import torch
 
 import train
 from config import Config
-from data import Data, Split, make_loader
+from data import Data, Split
 from model import Net
 import transforms as T
-from conftest import change_epoch
+from conftest import change_epoch, eval_loader
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARTIFACTS = ["config.json", "history.csv", "best.pt", "last.pt", "curves.png", "misclassified.png",
@@ -87,7 +87,7 @@ def test_flip_tta_scores_the_mean_logits_of_each_image_and_its_mirror(tmp_path):
         labels = ((model(x) + model(x.flip(3))) / 2).argmax(1).numpy()  # right under flip TTA, by construction
         plain_right = (model(x).argmax(1).numpy() == labels).mean()
     split = Split(images, labels)
-    loader = make_loader(split, T.test_transforms(), Config(batch_size=16), torch.device("cpu"), train=False)
+    loader = eval_loader(split, batch_size=16)
     data = Data(split, split, tuple(map(str, range(10))), "synthetic", "val")
     result = train.save_analysis(model, loader, data, str(tmp_path), Config())
     assert result["flip_acc"] == 100 and result["acc"] == pytest.approx(100 * plain_right) and plain_right < 1
