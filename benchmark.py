@@ -26,7 +26,8 @@ import torch.nn.functional as F
 import engine
 from config import parse_args, resolve_device
 from data import make_loader, synthetic, worker_count
-from train import build_model, make_optimizer, prepare
+from optim import make_optimizer
+from train import build_model, prepare
 from transforms import train_transforms
 
 

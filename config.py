@@ -33,10 +33,11 @@ class Config:
     # optimisation
     epochs: int = 15  # passes over the training split
     batch_size: int = 128  # images per optimizer step (the global batch under torchrun)
-    lr: float = 0.2  # peak learning rate of the one-cycle schedule
+    lr: float = 0.2  # peak SGD learning rate of the one-cycle schedule (BatchNorm, biases, depthwise and linear weights)
     warmup: float = 0.2  # fraction of all steps spent warming the LR up from lr/25 to lr
-    momentum: float = 0.95  # SGD momentum (Nesterov) at the start and end; one-cycle lowers it by 0.1 while the LR peaks
-    weight_decay: float = 5e-4  # L2 on conv/linear weights; BatchNorm and biases get none
+    momentum: float = 0.95  # Nesterov momentum (SGD and Muon) at the start and end; one-cycle lowers it by 0.1 while the LR peaks
+    weight_decay: float = 5e-4  # L2 on the SGD-trained conv/linear weights; BatchNorm, biases and Muon's filters get none
+    muon_lr: float = 0.02  # Muon on full and pointwise conv filters: peak step as a fraction of their norm (0: SGD for them too)
     label_smoothing: float = 0.1  # cross-entropy target smoothing for training (evaluation uses plain CE)
     # model
     model: str = "net"  # net (Net: 3x3 stride-2 downsampling) or dilated (DilatedNet: unpadded dilated convs, no stride)
@@ -125,6 +126,7 @@ def check(cfg):
         ("warmup", 0 < cfg.warmup < 1, "between 0 and 1, exclusive"),
         ("momentum", 0 <= cfg.momentum < 1, "in [0, 1)"),
         ("weight_decay", cfg.weight_decay >= 0, "0 or more"),
+        ("muon_lr", cfg.muon_lr >= 0, "0 (off) or more"),
         ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),
         ("model", cfg.model in MODELS, " or ".join(MODELS)),
         ("dropout", 0 <= cfg.dropout < 1, "in [0, 1)"),

@@ -163,10 +163,3 @@ def confusion_matrix(logits, labels, num_classes):
 def per_class_accuracy(confusion):
     """Percent correct per true class."""
     return 100 * confusion.diag() / confusion.sum(1).clamp(min=1)
-
-
-def param_groups(model, weight_decay):
-    """Weight decay on conv and linear weights only; none on BatchNorm and biases."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -26,6 +26,7 @@ from checkpoint import load_checkpoint, load_weights, write_atomic, write_histor
 from config import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE, parse_args, resolve_device
 from data import load_data, make_loader, worker_count
 from model import MODELS, architecture_rules, count_params, receptive_field
+from optim import make_optimizer
 from transforms import test_transforms, train_transforms
 
 
@@ -123,20 +124,6 @@ def build_model(cfg, num_classes, device):
     return model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
 
 
-def make_optimizer(cfg, model, steps_per_epoch, device):
-    """Nesterov SGD, one-cycle LR (lr/25 -> lr -> ~0, cosine), and a loss scaler when AMP runs in fp16."""
-    optimizer = torch.optim.SGD(engine.param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    # OneCycleLR also sets the momentum on every step: cfg.momentum at both ends, 0.1 lower (never
-    # below 0) at the LR peak, so a high LR comes with less inertia. --momentum=0 is plain SGD.
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.warmup,
-        div_factor=25, final_div_factor=1e4, cycle_momentum=cfg.momentum > 0,
-        base_momentum=max(cfg.momentum - 0.1, 0.0), max_momentum=cfg.momentum)
-    fp16 = cfg.amp and device.type == "cuda" and engine.amp_dtype(device) == torch.float16
-    return optimizer, scheduler, torch.amp.GradScaler("cuda") if fp16 else None
-
-
 def same_model(cfg, ckpt):
     """Net and DilatedNet have the same weight shapes, so a --model override would load without complaint."""
     if cfg.model != ckpt["config"].model:
@@ -223,7 +210,11 @@ def main(argv=None):
     history, best_acc, best_epoch, start, partial = [], -1.0, 0, 1, None
     if ckpt:
         load_weights(model, ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError:  # other parameter groups: Muon turned on or off, or a checkpoint from an older train.py
+            sys.exit(f"error: {ckpt['path']}'s optimizer state does not fit --muon-lr={cfg.muon_lr}; "
+                     "resume with the run's own settings, or start a new run")
         scheduler.load_state_dict(ckpt["scheduler"])
         if scaler and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])

@@ -1,0 +1,96 @@
+"""The optimizer and its schedule: Muon on the conv filters, Nesterov SGD on the rest, one-cycle LR.
+
+Muon (Jordan et al., 2024) replaces each conv's momentum by the nearest
+orthogonal matrix, so every direction of the filter bank moves at the same
+rate, whatever the gradient's scale. Every conv here is followed by BatchNorm,
+which makes the output blind to the filters' scale; so Muon holds each filter
+bank at a fixed norm and its learning rate is an angle: the step per update as
+a fraction of the weights' norm. Measured on the 2-core CPU (README, Training
+recipe): 81.50% val after a five-epoch run against 76.80% with SGD alone.
+"""
+import torch
+
+import engine
+
+
+def orthogonalize(m, steps=5):
+    """About U V^T of m = U S V^T (every singular value pushed near 1), by a quintic Newton-Schulz iteration.
+
+    The coefficients trade exactness for speed: singular values land in roughly
+    [0.7, 1.2] after 5 steps, which is all an update direction needs.
+    """
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = m / (m.norm() + 1e-7)  # Frobenius norm >= spectral norm: singular values start <= 1
+    tall = x.size(0) > x.size(1)
+    if tall:  # iterate on the smaller Gram matrix
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+class MuonSGD(torch.optim.Optimizer):
+    """Nesterov momentum for every group; groups with muon=True then orthogonalize the step (Muon).
+
+    A Muon group's weights are rescaled to norm sqrt(out_channels) (filters of
+    norm 1 on average) before each step, and weight decay is not applied to them:
+    with the norm held, decay would have nothing to do.
+    """
+
+    def __init__(self, groups, lr, momentum):
+        super().__init__(groups, dict(lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=0.0, muon=False))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, momentum, muon = group["lr"], group["momentum"], group.get("muon", False)  # absent in pre-Muon checkpoints
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad if muon or not group["weight_decay"] else p.grad.add(p, alpha=group["weight_decay"])
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"].mul_(momentum).add_(grad)
+                update = grad.add(buf, alpha=momentum)  # Nesterov
+                if muon:
+                    p.mul_(len(p) ** 0.5 / p.norm())
+                    m = update.reshape(len(p), -1)  # (out, in * k * k)
+                    # A tall matrix's orthogonal factor has a smaller norm per row; scale it back up.
+                    update = orthogonalize(m).mul_(max(1.0, m.size(0) / m.size(1)) ** 0.5).view_as(p)
+                p.add_(update, alpha=-lr)
+
+
+def is_filter_bank(p):
+    """Full and pointwise conv weights: (out, in, k, k) with in > 1 or k == 1. Depthwise (C, 1, k, k) are not."""
+    return p.dim() == 4 and (p.shape[1] > 1 or p.shape[2] == 1)
+
+
+def param_groups(model, weight_decay, muon=True):
+    """SGD with weight decay on conv/linear weights, SGD without on BatchNorm and biases, Muon on the filter banks."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    banks = [p for p in params if muon and is_filter_bank(p)]
+    in_banks = {id(p) for p in banks}
+    groups = [{"params": [p for p in params if p.dim() > 1 and id(p) not in in_banks], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}]
+    return groups + ([{"params": banks, "muon": True}] if muon else [])
+
+
+def make_optimizer(cfg, model, steps_per_epoch, device):
+    """MuonSGD (no Muon group when cfg.muon_lr is 0), a one-cycle schedule, and a loss scaler when AMP runs in fp16.
+
+    One-cycle: each group's LR goes from its peak/25 up to the peak over the
+    first cfg.warmup of the steps, then down to ~0 along a cosine. It also sets
+    the momentum on every step: cfg.momentum at both ends, 0.1 lower (never
+    below 0) at the LR peak, so a high LR comes with less inertia.
+    """
+    groups = param_groups(model, cfg.weight_decay, muon=cfg.muon_lr > 0)
+    optimizer = MuonSGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    peaks = [cfg.muon_lr if g.get("muon") else cfg.lr for g in groups]
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=peaks, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.warmup,
+        div_factor=25, final_div_factor=1e4, cycle_momentum=cfg.momentum > 0,
+        base_momentum=max(cfg.momentum - 0.1, 0.0), max_momentum=cfg.momentum)
+    fp16 = cfg.amp and device.type == "cuda" and engine.amp_dtype(device) == torch.float16
+    return optimizer, scheduler, torch.amp.GradScaler("cuda") if fp16 else None
