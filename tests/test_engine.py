@@ -77,12 +77,6 @@ def test_misclassified_most_confident_first():
     assert engine.misclassified(logits, labels).tolist() == [2, 1]
 
 
-def test_no_weight_decay_on_batchnorm_and_biases():
-    groups = engine.param_groups(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), 5e-4)
-    assert [p.shape for p in groups[0]["params"]] == [torch.Size([4, 3, 3, 3])]
-    assert groups[1]["weight_decay"] == 0 and len(groups[1]["params"]) == 3
-
-
 def test_net_overfits_a_small_batch():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)

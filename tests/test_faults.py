@@ -134,6 +134,12 @@ def test_changing_epochs_on_resume_is_refused(uninterrupted):
         train.main([f"--resume={uninterrupted['run_dir']}", "--epochs=5"])
 
 
+def test_turning_muon_off_on_resume_is_refused(uninterrupted):
+    with pytest.raises(SystemExit, match="optimizer state does not fit --muon-lr=0.0") as e:
+        train.main([f"--resume={uninterrupted['run_dir']}", "--muon-lr=0"])
+    assert "\n" not in str(e.value.code)
+
+
 def test_unwritable_output_dir_is_a_one_line_error(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(SystemExit, match="cannot write to output dir"):

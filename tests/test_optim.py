@@ -1,0 +1,93 @@
+"""The optimizer: which weights Muon trains, what its step is, and the one-cycle schedule."""
+import pytest
+import torch
+from torch import nn
+
+from config import Config
+from model import Net
+from optim import MuonSGD, make_optimizer, orthogonalize, param_groups
+
+CPU = torch.device("cpu")
+
+
+def small_net():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8),
+                         nn.Conv2d(8, 8, 3, groups=8, bias=False), nn.Conv2d(8, 6, 1, bias=False),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 10))
+
+
+def test_muon_takes_full_and_pointwise_convs_sgd_the_rest():
+    net = small_net()
+    decay, no_decay, muon = param_groups(net, 5e-4)
+    assert muon["muon"] and [p.shape for p in muon["params"]] == [(8, 3, 3, 3), (6, 8, 1, 1)]
+    assert decay["weight_decay"] == 5e-4 and [p.shape for p in decay["params"]] == [(8, 1, 3, 3), (10, 6)]
+    assert no_decay["weight_decay"] == 0 and [p.shape for p in no_decay["params"]] == [(8,), (8,), (10,)]
+
+
+def test_without_muon_every_weight_is_decayed_by_sgd():
+    groups = param_groups(small_net(), 5e-4, muon=False)
+    assert len(groups) == 2 and len(groups[0]["params"]) == 4 and len(groups[1]["params"]) == 3
+
+
+def test_net_gives_muon_all_but_its_depthwise_and_linear_weights():
+    muon = param_groups(Net(), 5e-4)[2]["params"]
+    assert len(muon) == 10 and sum(p.numel() for p in muon) == 181_384
+
+
+@pytest.mark.parametrize("shape", [(24, 48), (64, 216), (160, 112)])
+def test_orthogonalize_brings_singular_values_near_one(shape):
+    torch.manual_seed(0)
+    m = torch.randn(shape) @ torch.diag(torch.logspace(0, 1, shape[1]))  # columns 1 to 10 times apart
+    s = torch.linalg.svdvals(orthogonalize(m))
+    assert s.min() > 0.6 and s.max() < 1.25
+    assert torch.linalg.svdvals(m).max() / torch.linalg.svdvals(m).min() > 5
+
+
+def muon_step(scale, lr=0.1):
+    """One Muon step (no momentum) from the same weights, with the gradient multiplied by `scale`."""
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(16, 8, 3, 3))
+    w.grad = scale * torch.randn(16, 8, 3, 3)
+    MuonSGD([{"params": [w], "muon": True}], lr=lr, momentum=0.0).step()
+    torch.manual_seed(0)
+    start = torch.randn(16, 8, 3, 3)
+    return start * 16 ** 0.5 / start.norm(), w.detach()
+
+
+def test_muon_step_is_an_orthogonal_matrix_times_lr_whatever_the_gradient_scale():
+    held, after = muon_step(scale=1.0)
+    s = torch.linalg.svdvals((held - after).reshape(16, -1) / 0.1)
+    assert s.min() > 0.6 and s.max() < 1.25  # the step, from weights rescaled to norm sqrt(16)
+    assert torch.allclose(muon_step(scale=1000.0)[1], after, atol=1e-5)
+
+
+def test_sgd_groups_decay_and_use_nesterov_momentum():
+    w = nn.Parameter(torch.ones(3))
+    opt = MuonSGD([{"params": [w], "weight_decay": 0.5}], lr=0.1, momentum=0.9)
+    for _ in range(2):
+        w.grad = torch.ones(3)
+        opt.step()
+    # step 1: g = 1 + 0.5 * 1 = 1.5, buf = 1.5, update = 1.5 + 0.9 * 1.5; w = 1 - 0.1 * 2.85 = 0.715
+    # step 2: g = 1 + 0.5 * 0.715, buf = 0.9 * 1.5 + g, update = g + 0.9 * buf
+    g2 = 1 + 0.5 * 0.715
+    assert w.detach() == pytest.approx(torch.full((3,), 0.715 - 0.1 * (g2 + 0.9 * (1.35 + g2))))
+
+
+@pytest.mark.parametrize("momentum, expected", [(0.95, (0.95, 0.85, 0.95)), (0.0, (0.0, 0.0, 0.0))])
+def test_one_cycle_sets_each_groups_lr_and_the_momentum(momentum, expected):
+    cfg = Config(momentum=momentum, epochs=1, warmup=0.5, lr=0.2, muon_lr=0.02)
+    optimizer, scheduler, _ = make_optimizer(cfg, small_net(), steps_per_epoch=10, device=CPU)
+    seen = []
+    for _ in range(10):  # step 0 is the start, step 4 the LR peak, step 9 the last
+        seen.append([(g["lr"], g["momentum"]) for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    assert [lr for lr, _ in seen[4]] == pytest.approx([0.2, 0.2, 0.02])
+    assert [lr for lr, _ in seen[0]] == pytest.approx([0.2 / 25, 0.2 / 25, 0.02 / 25])
+    assert (seen[0][2][1], seen[4][2][1], seen[9][2][1]) == pytest.approx(expected, abs=1e-3)
+    assert optimizer.param_groups[0]["nesterov"] == (momentum > 0)
+
+
+def test_muon_lr_zero_leaves_plain_sgd():
+    optimizer, _, _ = make_optimizer(Config(muon_lr=0.0), small_net(), steps_per_epoch=10, device=CPU)
+    assert not any(g.get("muon") for g in optimizer.param_groups) and len(optimizer.param_groups) == 2
