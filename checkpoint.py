@@ -30,6 +30,7 @@ def load_checkpoint(path):
     if not isinstance(ckpt, dict) or not {"model", "config", "epoch"} <= ckpt.keys():
         sys.exit(f"error: {path} is not a train.py checkpoint (no model/config/epoch entries)")
     ckpt["path"] = path
+    ckpt["config"].setdefault("muon_lr", 0.0)  # checkpoints from before Muon trained every weight with SGD
     known = {f.name for f in fields(Config)}  # fields added or removed since the checkpoint: defaults / dropped
     ckpt["config"] = Config(**{k: v for k, v in ckpt["config"].items() if k in known})
     return ckpt

@@ -1,6 +1,6 @@
 """The optimizer and its schedule: Muon on the conv filters, Nesterov SGD on the rest, one-cycle LR.
 
-Muon (Jordan et al., 2024) replaces each conv's momentum by the nearest
+Muon (Keller Jordan, 2024) replaces each conv's momentum by the nearest
 orthogonal matrix, so every direction of the filter bank moves at the same
 rate, whatever the gradient's scale. Every conv here is followed by BatchNorm,
 which makes the output blind to the filters' scale; so Muon holds each filter
@@ -40,12 +40,13 @@ class MuonSGD(torch.optim.Optimizer):
     """
 
     def __init__(self, groups, lr, momentum):
-        super().__init__(groups, dict(lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=0.0, muon=False))
+        super().__init__(groups, dict(lr=lr, momentum=momentum, weight_decay=0.0, muon=False))
 
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
-            lr, momentum, muon = group["lr"], group["momentum"], group.get("muon", False)  # absent in pre-Muon checkpoints
+            # .get: a pre-Muon checkpoint's groups have no "muon" key (resumed with --muon-lr=0)
+            lr, momentum, muon = group["lr"], group["momentum"], group.get("muon", False)
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -54,11 +55,11 @@ class MuonSGD(torch.optim.Optimizer):
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)
                 buf = state["momentum_buffer"].mul_(momentum).add_(grad)
-                update = grad.add(buf, alpha=momentum)  # Nesterov
+                update = grad.add(buf, alpha=momentum)  # Nesterov (plain SGD at momentum 0)
                 if muon:
                     p.mul_(len(p) ** 0.5 / p.norm())
                     m = update.reshape(len(p), -1)  # (out, in * k * k)
-                    # A tall matrix's orthogonal factor has a smaller norm per row; scale it back up.
+                    # A tall (out > in) orthogonal factor has rows of norm sqrt(in/out) on average; scale them to 1.
                     update = orthogonalize(m).mul_(max(1.0, m.size(0) / m.size(1)) ** 0.5).view_as(p)
                 p.add_(update, alpha=-lr)
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import train
+from checkpoint import load_checkpoint
 from conftest import change_epoch, make_image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,6 +139,13 @@ def test_turning_muon_off_on_resume_is_refused(uninterrupted):
     with pytest.raises(SystemExit, match="optimizer state does not fit --muon-lr=0.0") as e:
         train.main([f"--resume={uninterrupted['run_dir']}", "--muon-lr=0"])
     assert "\n" not in str(e.value.code)
+
+
+def test_a_checkpoint_from_before_muon_reads_as_sgd_only(uninterrupted, tmp_path):
+    ckpt = torch.load(os.path.join(uninterrupted["run_dir"], "last.pt"), weights_only=True)
+    del ckpt["config"]["muon_lr"]
+    torch.save(ckpt, tmp_path / "last.pt")
+    assert load_checkpoint(str(tmp_path))["config"].muon_lr == 0.0
 
 
 def test_unwritable_output_dir_is_a_one_line_error(tmp_path):

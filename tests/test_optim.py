@@ -85,7 +85,6 @@ def test_one_cycle_sets_each_groups_lr_and_the_momentum(momentum, expected):
     assert [lr for lr, _ in seen[4]] == pytest.approx([0.2, 0.2, 0.02])
     assert [lr for lr, _ in seen[0]] == pytest.approx([0.2 / 25, 0.2 / 25, 0.02 / 25])
     assert (seen[0][2][1], seen[4][2][1], seen[9][2][1]) == pytest.approx(expected, abs=1e-3)
-    assert optimizer.param_groups[0]["nesterov"] == (momentum > 0)
 
 
 def test_muon_lr_zero_leaves_plain_sgd():
