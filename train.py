@@ -124,6 +124,11 @@ def build_model(cfg, num_classes, device):
     return model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
 
 
+# The optimizer and its schedule are built from these and restored from the checkpoint as they were, so a
+# changed value would be ignored (or, for epochs and batch_size, break the schedule): refused on resume.
+FIXED_ON_RESUME = ("epochs", "batch_size", "lr", "muon_lr", "warmup", "momentum", "weight_decay")
+
+
 def same_model(cfg, ckpt):
     """Net and DilatedNet have the same weight shapes, so a --model override would load without complaint."""
     if cfg.model != ckpt["config"].model:
@@ -179,9 +184,11 @@ def main(argv=None):
     if cfg.resume:
         ckpt = load_checkpoint(cfg.resume)
         cfg = replace(parse_args(argv, base=ckpt["config"]), resume=cfg.resume)
-        if cfg.epochs != ckpt["config"].epochs:
-            sys.exit(f"error: the run was planned for {ckpt['config'].epochs} epochs and its LR schedule "
-                     "depends on that; resume without --epochs, or start a new run")
+        for name in FIXED_ON_RESUME:
+            if getattr(cfg, name) != getattr(ckpt["config"], name):
+                flag = f"--{name.replace('_', '-')}"
+                sys.exit(f"error: the run was planned with {flag}={getattr(ckpt['config'], name)} and its optimizer "
+                         f"and LR schedule depend on that; resume without {flag}, or start a new run")
         same_model(cfg, ckpt)
     if cfg.dry_run:  # tiny and quick, whatever the config says
         cfg = replace(cfg, epochs=min(cfg.epochs, 2), batch_size=16, workers=0)
@@ -210,11 +217,7 @@ def main(argv=None):
     history, best_acc, best_epoch, start, partial = [], -1.0, 0, 1, None
     if ckpt:
         load_weights(model, ckpt["model"])
-        try:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except ValueError:  # other parameter groups: Muon turned on or off, or a checkpoint from an older train.py
-            sys.exit(f"error: {ckpt['path']}'s optimizer state does not fit --muon-lr={cfg.muon_lr}; "
-                     "resume with the run's own settings, or start a new run")
+        optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         if scaler and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
