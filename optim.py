@@ -72,11 +72,10 @@ def is_filter_bank(p):
 def param_groups(model, weight_decay, muon=True):
     """SGD with weight decay on conv/linear weights, SGD without on BatchNorm and biases, Muon on the filter banks."""
     params = [p for p in model.parameters() if p.requires_grad]
-    banks = [p for p in params if muon and is_filter_bank(p)]
-    in_banks = {id(p) for p in banks}
-    groups = [{"params": [p for p in params if p.dim() > 1 and id(p) not in in_banks], "weight_decay": weight_decay},
+    to_muon = lambda p: muon and is_filter_bank(p)  # noqa: E731
+    groups = [{"params": [p for p in params if p.dim() > 1 and not to_muon(p)], "weight_decay": weight_decay},
               {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}]
-    return groups + ([{"params": banks, "muon": True}] if muon else [])
+    return groups + ([{"params": [p for p in params if to_muon(p)], "muon": True}] if muon else [])
 
 
 def make_optimizer(cfg, model, steps_per_epoch, device):
