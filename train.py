@@ -238,7 +238,7 @@ def main(argv=None):
     print(f"\ntraining {cfg.epochs} epochs, {len(train_loader)} steps each, batch {cfg.batch_size}; writing {run_dir}")
     with stop_on_signals() as stop:  # Ctrl-C or SIGTERM: finish the current step, save, exit
         for epoch in range(start, cfg.epochs + 1):
-            t0 = time.perf_counter()
+            t0 = time.perf_counter() - (partial.get("seconds", 0.0) if partial else 0.0)  # plus the time before a stop
             # Everything random in an epoch follows from (seed, epoch), or from the saved state when an
             # epoch continues, so a resumed run matches an uninterrupted one.
             if partial:
@@ -256,7 +256,8 @@ def main(argv=None):
                 partial = None
                 if "partial" in train:
                     if rank == 0:
-                        save(epoch - 1, partial=dict(sums=train["partial"], rng=torch.get_rng_state()))
+                        save(epoch - 1, partial=dict(sums=train["partial"], rng=torch.get_rng_state(),
+                                                     seconds=time.perf_counter() - t0))
                     sys.exit(f"\nstopped in epoch {epoch} after step {train['partial'][3]}, saved in "
                              f"{run_dir}/last.pt; {resume_hint}")
                 engine.average_buffers(model)

@@ -84,9 +84,13 @@ def test_stop_mid_epoch_saves_the_step_and_resumes_exactly(folder, uninterrupted
     with pytest.raises(SystemExit, match="stopped in epoch 2 after step 3"):
         train.main([f"--data-dir={folder}", f"--out-dir={out}", *SMALL_RUN])
     ckpt = torch.load(out / "last.pt", weights_only=True)
-    assert ckpt["epoch"] == 1 and ckpt["partial"]["sums"][3] == 3
+    assert ckpt["epoch"] == 1 and ckpt["partial"]["sums"][3] == 3 and ckpt["partial"]["seconds"] > 0
+    ckpt["partial"]["seconds"] = 1000.0  # the epoch's time before the stop counts in its seconds
+    torch.save(ckpt, out / "last.pt")
     monkeypatch.undo()
-    same_run(train.main([f"--resume={out}"]), uninterrupted)
+    resumed = train.main([f"--resume={out}"])
+    same_run(resumed, uninterrupted)
+    assert resumed["history"][1]["seconds"] >= 1000.0
 
 
 def test_same_seed_same_history_and_weights(folder, uninterrupted, tmp_path):
