@@ -90,6 +90,11 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(f"error: {message} (see python train.py --help)")
 
 
+def flag(name):
+    """The command-line spelling of a Config field: batch_size -> --batch-size."""
+    return "--" + name.replace("_", "-")
+
+
 def parse_args(argv=None, base=None):
     """Config from command-line overrides such as ['--epochs=30', '--lr', '0.05'].
 
@@ -100,16 +105,15 @@ def parse_args(argv=None, base=None):
     parser = _Parser(description="Train a small CNN on CIFAR-10. Every option is a Config field.", allow_abbrev=False,
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in fields(Config):
-        flag = "--" + f.name.replace("_", "-")
         if f.type is bool:  # `--dry-run` alone means true; `--amp=false` turns a default off
-            parser.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=getattr(base, f.name),
+            parser.add_argument(flag(f.name), type=_parse_bool, nargs="?", const=True, default=getattr(base, f.name),
                                 help=help_text[f.name], metavar="BOOL")
         else:
-            parser.add_argument(flag, type=f.type, default=getattr(base, f.name), help=help_text[f.name],
+            parser.add_argument(flag(f.name), type=f.type, default=getattr(base, f.name), help=help_text[f.name],
                                 metavar=f.type.__name__.upper())
     argv = sys.argv[1:] if argv is None else list(argv)
     # Accept --data_dir as well as --data-dir.
-    argv = [re.sub(r"^--(\w+)", lambda m: "--" + m[1].replace("_", "-"), a) for a in argv]
+    argv = [re.sub(r"^--(\w+)", lambda m: flag(m[1]), a) for a in argv]
     cfg = Config(**vars(parser.parse_args(argv)))
     check(cfg)
     return cfg
@@ -139,7 +143,7 @@ def check(cfg):
          for p in ("flip_p", "affine_p", "hole_p", "cutmix_p")]
     for name, ok, expected in rules:
         if not ok:
-            sys.exit(f"error: --{name.replace('_', '-')}={getattr(cfg, name)} is invalid; it must be {expected}")
+            sys.exit(f"error: {flag(name)}={getattr(cfg, name)} is invalid; it must be {expected}")
 
 
 def resolve_device(name):

@@ -23,7 +23,7 @@ from torchsummary import summary
 import engine
 import plots
 from checkpoint import load_checkpoint, load_weights, write_atomic, write_history_csv, write_json
-from config import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE, parse_args, resolve_device
+from config import CIFAR10_MEAN, CIFAR10_STD, IMAGE_SIZE, flag, parse_args, resolve_device
 from data import load_data, make_loader, worker_count
 from model import MODELS, architecture_rules, count_params, receptive_field
 from optim import make_optimizer
@@ -186,9 +186,8 @@ def main(argv=None):
         cfg = replace(parse_args(argv, base=ckpt["config"]), resume=cfg.resume)
         for name in FIXED_ON_RESUME:
             if getattr(cfg, name) != getattr(ckpt["config"], name):
-                flag = f"--{name.replace('_', '-')}"
-                sys.exit(f"error: the run was planned with {flag}={getattr(ckpt['config'], name)} and its optimizer "
-                         f"and LR schedule depend on that; resume without {flag}, or start a new run")
+                sys.exit(f"error: the run was planned with {flag(name)}={getattr(ckpt['config'], name)} and its "
+                         f"optimizer and LR schedule depend on that; resume without {flag(name)}, or start a new run")
         same_model(cfg, ckpt)
     if cfg.dry_run:  # tiny and quick, whatever the config says
         cfg = replace(cfg, epochs=min(cfg.epochs, 2), batch_size=16, workers=0)
