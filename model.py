@@ -3,7 +3,7 @@
 No max-pooling: three 3x3 stride-2 convs halve the resolution (32 -> 16 -> 8 -> 4).
 Depthwise-separable convs do most of the work, dilated ones widen the receptive
 field, and global average pooling feeds one linear classifier. DilatedNet is the
-same net with no stride: unpadded dilated convs shrink the maps instead.
+same blocks with no stride: unpadded dilated convs shrink the maps instead.
 """
 from torch import nn
 
@@ -67,7 +67,7 @@ class FourStages(nn.Module):
         x = self.c1(x)  # (B, c1, 32, 32)
         x = self.c2(x)  # (B, c2, 16, 16)
         x = self.c3(x)  # (B, c3, 8, 8)
-        x = self.c4(x)  # (B, c4, 4, 4)
+        x = self.c4(x)  # (B, c4, 4, 4); 8x8 in DilatedNet
         return self.head(x)  # (B, num_classes) logits
 
 
@@ -94,17 +94,19 @@ class Net(FourStages):
 
 
 class DilatedNet(FourStages):
-    """Net with no stride anywhere: unpadded dilated convs shrink the maps 32 -> 16 -> 8 -> 4.
+    """Net with no stride anywhere: unpadded dilated convs shrink the maps 32 -> 16 -> 8.
 
-    A 3x3 conv with dilation d and no padding trims 2d pixels per axis, so d = 8, 4, 2
-    give Net's map sizes, parameters and compute. Neighbouring units stay one input
-    pixel apart (no subsampling), so the receptive field grows through dilation alone.
+    A 3x3 conv with dilation d and no padding trims 2d pixels per axis: d = 8 and 4
+    give 16x16 and 8x8. Neighbouring units stay one input pixel apart (no
+    subsampling), so the receptive field grows through dilation alone.
     """
 
     def __init__(self, widths=(24, 64, 112, 160), num_classes=10, dropout=0.0):
         super().__init__()
         c1, c2, c3, c4 = widths
-        self.c1 = ConvBN(3, c1)  # 32x32
+        # C2's dilation-8 conv samples C1 every 8 pixels; two cheap separable convs take
+        # C1's receptive field from 3 to 9 pixels so those samples leave no gaps.
+        self.c1 = nn.Sequential(ConvBN(3, c1), SeparableConv(c1, c1, dilation=2), SeparableConv(c1, c1))  # 32x32
         self.c2 = nn.Sequential(  # 32x32 -> 16x16
             ConvBN(c1, c2, dilation=8, valid=True),
             Residual(SeparableConv(c2, c2), SeparableConv(c2, c2)),
@@ -113,8 +115,8 @@ class DilatedNet(FourStages):
             ConvBN(c2, c3, dilation=4, valid=True),
             Residual(SeparableConv(c3, c3, dilation=2), SeparableConv(c3, c3)),
         )
-        self.c4 = nn.Sequential(  # 8x8 -> 4x4
-            SeparableConv(c3, c4, dilation=2, valid=True),
+        self.c4 = nn.Sequential(  # 8x8, padded: a 4x4 map would sit on the image's central 4x4 pixels
+            SeparableConv(c3, c4, dilation=2),
             Residual(SeparableConv(c4, c4, dilation=2), SeparableConv(c4, c4)),
         )
         self.head = Classifier(c4, num_classes, dropout)
