@@ -94,7 +94,7 @@ class Net(FourStages):
 
 
 class DilatedNet(FourStages):
-    """Net with no stride anywhere: unpadded dilated convs shrink the maps 32 -> 16 -> 8.
+    """Net's blocks with no stride anywhere: unpadded dilated convs shrink the maps 32 -> 16 -> 8.
 
     A 3x3 conv with dilation d and no padding trims 2d pixels per axis: d = 8 and 4
     give 16x16 and 8x8. Neighbouring units stay one input pixel apart (no
