@@ -130,7 +130,7 @@ FIXED_ON_RESUME = ("epochs", "batch_size", "lr", "muon_lr", "warmup", "momentum"
 
 
 def same_model(cfg, ckpt):
-    """Net and DilatedNet have the same weight shapes, so a --model override would load without complaint."""
+    """A --model override on a checkpoint: name the flag to drop, not a load_state_dict size mismatch."""
     if cfg.model != ckpt["config"].model:
         sys.exit(f"error: {ckpt['path']} holds a --model={ckpt['config'].model} network; drop --model={cfg.model}")
 
