@@ -101,7 +101,7 @@ class DilatedNet(FourStages):
     subsampling), so the receptive field grows through dilation alone.
     """
 
-    def __init__(self, widths=(32, 64, 112, 160), num_classes=10, dropout=0.0):
+    def __init__(self, widths=(40, 64, 112, 152), num_classes=10, dropout=0.0):
         super().__init__()
         c1, c2, c3, c4 = widths
         # C2's dilation-8 conv samples C1 every 8 pixels; two cheap separable convs take
