@@ -21,13 +21,10 @@ import time
 from dataclasses import asdict, replace
 
 import torch
-import torch.nn.functional as F
 
 import engine
-from config import parse_args, resolve_device
-from data import make_loader, synthetic, worker_count
-from optim import make_optimizer
-from train import build_model, prepare
+from config import UserError, parse_args, runtime
+from data import load_data, make_loader, synthetic, worker_count
 from transforms import train_transforms
 
 
@@ -65,26 +62,23 @@ def data_rate(loader, steps, repeats, device):
     return median_rate(run, steps * loader.batch_size, repeats, device)
 
 
-def step_rates(cfg, model, batch, steps, repeats, device):
-    optimizer, _, scaler = make_optimizer(cfg, model, steps * (repeats + 1), device)
+def step_rates(model, step, batch, args, device):
+    """Images/s of train.py's own training step (an engine.TrainStep) and of inference, on one ready batch."""
     images, labels = batch
-
-    def train_step():
-        with engine.autocast(device, cfg.amp):
-            loss = F.cross_entropy(model(images).float(), labels, label_smoothing=cfg.label_smoothing)
-        engine.backward_and_step(loss, optimizer, scaler)
 
     @torch.no_grad()
     def eval_step():
-        with engine.autocast(device, cfg.amp):
+        with engine.autocast(device, step.amp):
             model(images)
 
     rates = {}
-    for name, step, mode in (("train", train_step, model.train), ("eval", eval_step, model.eval)):
+    for name, run, mode in (("train", lambda: step(model, images, labels), model.train),
+                            ("eval", eval_step, model.eval)):
         mode()
         for _ in range(3):  # warm-up: allocator, cuDNN autotuning, torch.compile
-            step()
-        rates[name] = median_rate(lambda: [step() for _ in range(steps)], steps * len(images), repeats, device)
+            run()
+        rates[name] = median_rate(lambda: [run() for _ in range(args.steps)], args.steps * len(images),
+                                  args.repeats, device)
     return rates
 
 
@@ -96,25 +90,23 @@ def main(argv=None):
     own.add_argument("--json", default="benchmark.json", help="where to write the results")
     args, rest = own.parse_known_args(sys.argv[1:] if argv is None else argv)
     cfg = parse_args(rest)
-    device = resolve_device(cfg.device)
-    data, _ = prepare(cfg, device)
-    if cfg.dry_run:  # no data needed: a CIFAR-10-sized synthetic training split
-        data = synthetic(n_train=45_000, n_test=10_000, seed=cfg.seed)
+    device = runtime(cfg)
+    # --dry-run needs no data: a CIFAR-10-sized synthetic training split
+    data = synthetic(n_train=45_000, n_test=10_000, seed=cfg.seed) if cfg.dry_run else load_data(cfg)
     loader = make_loader(data.train, train_transforms(cfg), cfg, device, train=True)
-    model = build_model(cfg, len(data.classes), device)
+    model = engine.build_model(cfg, len(data.classes), device)
     fast_model = torch.compile(model) if cfg.compile else model
     images, labels = next(iter(make_loader(data.train, train_transforms(cfg), replace(cfg, workers=0), device,
                                            train=True)))
     batch = (engine.to_device(images, device, cfg.channels_last), labels.to(device))
 
     rates = {"data": data_rate(loader, args.steps, args.repeats, device)}
-    rates.update(step_rates(cfg, fast_model, batch, args.steps, args.repeats, device))
+    timed_step = engine.make_step(cfg, model, 3 + args.steps * args.repeats, len(data.classes))
+    rates.update(step_rates(fast_model, timed_step, batch, args, device))
     if args.full_epoch:
-        optimizer, scheduler, scaler = make_optimizer(cfg, model, len(loader), device)
+        step = engine.make_step(cfg, model, len(loader), len(data.classes))
         t0 = clock(device)
-        engine.train_one_epoch(fast_model, loader, optimizer, scheduler, label_smoothing=cfg.label_smoothing,
-                               cutmix_p=cfg.cutmix_p, num_classes=len(data.classes), scaler=scaler, amp=cfg.amp,
-                               channels_last=cfg.channels_last)
+        engine.train_one_epoch(fast_model, loader, step, desc=None)
         epoch_seconds = clock(device) - t0
         rates["epoch"] = len(loader) * cfg.batch_size / epoch_seconds
     if device.type == "cuda":
@@ -142,4 +134,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as e:
+        sys.exit(str(e))  # the one line on stderr, exit code 1

@@ -1,13 +1,31 @@
-"""Run files: atomic writes, and checkpoints loaded with a clear one-line error when unusable."""
+"""Run files: atomic writes, and the checkpoint format (what is saved, what is restored, what a resume refuses)."""
 import csv
 import json
 import os
-import sys
-from dataclasses import fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
-from config import Config
+from config import Config, UserError, flag, parse_args
+from engine import Position
+
+# The optimizer and its schedule are built from these and restored from the checkpoint as they were, so a
+# changed value would be ignored (or, for epochs and batch_size, break the schedule): refused on resume.
+FIXED_ON_RESUME = ("epochs", "batch_size", "lr", "muon_lr", "warmup", "momentum", "weight_decay")
+
+
+@dataclass
+class Progress:
+    """What a run has done so far, besides its weights and optimizer state."""
+    history: list = field(default_factory=list)  # one dict per finished epoch, epochs 1, 2, ...
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    position: Position = None  # how far the next epoch got, when a stop came inside it
+
+    @property
+    def epoch(self):
+        """The last finished epoch (0 before the first)."""
+        return len(self.history)
 
 
 def write_atomic(path, write):
@@ -17,23 +35,56 @@ def write_atomic(path, write):
     os.replace(tmp, path)
 
 
+def save(run_dir, cfg, model, step, progress, best=False):
+    """last.pt (and best.pt when best) in run_dir: weights, optimizer, schedule, scaler, progress, config."""
+    state = dict(model=model.state_dict(), optimizer=step.optimizer.state_dict(),
+                 scheduler=step.scheduler.state_dict(), scaler=step.scaler.state_dict(), epoch=progress.epoch,
+                 history=progress.history, best_acc=progress.best_acc, best_epoch=progress.best_epoch,
+                 position=asdict(progress.position) if progress.position else None, config=asdict(cfg))
+    for name in ("last.pt", "best.pt") if best else ("last.pt",):
+        write_atomic(os.path.join(run_dir, name), lambda tmp: torch.save(state, tmp))
+
+
 def load_checkpoint(path):
-    """A checkpoint dict (its "config" as a Config) from a run dir's last.pt or a .pt file; one-line exit if unusable."""
+    """A checkpoint dict (its "config" as a Config) from a run dir's last.pt or a .pt file; UserError if unusable."""
     if os.path.isdir(path):
         path = os.path.join(path, "last.pt")
     if not os.path.isfile(path):
-        sys.exit(f"error: no checkpoint at {path}; pass a run dir or a .pt file written by train.py")
+        raise UserError(f"error: no checkpoint at {path}; pass a run dir or a .pt file written by train.py")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
     except Exception as e:  # truncated, foreign or not a torch file at all
-        sys.exit(f"error: cannot read checkpoint {path} ({type(e).__name__}); it is damaged or not from train.py")
+        raise UserError(f"error: cannot read checkpoint {path} ({type(e).__name__}); "
+                        "it is damaged or not from train.py") from None
     if not isinstance(ckpt, dict) or not {"model", "config", "epoch"} <= ckpt.keys():
-        sys.exit(f"error: {path} is not a train.py checkpoint (no model/config/epoch entries)")
+        raise UserError(f"error: {path} is not a train.py checkpoint (no model/config/epoch entries)")
     ckpt["path"] = path
-    ckpt["config"].setdefault("muon_lr", 0.0)  # checkpoints from before Muon trained every weight with SGD
     known = {f.name for f in fields(Config)}  # fields added or removed since the checkpoint: defaults / dropped
     ckpt["config"] = Config(**{k: v for k, v in ckpt["config"].items() if k in known})
     return ckpt
+
+
+def with_overrides(ckpt, argv, fixed=(), **base):
+    """The checkpoint's config (with `base` replaced) under argv's overrides.
+
+    A different --model, or a changed value of a field in `fixed`, is refused with one line.
+    """
+    saved = ckpt["config"]
+    cfg = parse_args(argv, base=replace(saved, **base))
+    if cfg.model != saved.model:  # name the flag to drop, not a load_state_dict size mismatch
+        raise UserError(f"error: {ckpt['path']} holds a --model={saved.model} network; drop --model={cfg.model}")
+    for name in fixed:
+        if getattr(cfg, name) != getattr(saved, name):
+            raise UserError(f"error: the run was planned with {flag(name)}={getattr(saved, name)} and its "
+                            f"optimizer and LR schedule depend on that; resume without {flag(name)}, "
+                            "or start a new run")
+    return cfg
+
+
+def resume(path, argv):
+    """(config, checkpoint) to continue the run at path: its config under argv's overrides, minus the refused."""
+    ckpt = load_checkpoint(path)
+    return replace(with_overrides(ckpt, argv, FIXED_ON_RESUME), resume=path), ckpt
 
 
 def load_weights(model, state):
@@ -41,7 +92,23 @@ def load_weights(model, state):
         model.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        sys.exit(f"error: checkpoint does not fit this model ({first}); use the config it was trained with")
+        raise UserError(f"error: checkpoint does not fit this model ({first}); "
+                        "use the config it was trained with") from None
+
+
+def restore(ckpt, model, step):
+    """Load a checkpoint into the model and the TrainStep; returns its Progress."""
+    load_weights(model, ckpt["model"])
+    try:
+        step.optimizer.load_state_dict(ckpt["optimizer"])
+    except ValueError as e:  # other parameter groups: a checkpoint of an older train.py
+        raise UserError(f"error: {ckpt['path']}'s optimizer state does not fit this optimizer ({e}); "
+                        "start a new run") from None
+    step.scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt["scaler"]:  # empty when it ran without fp16 loss scaling: start afresh
+        step.scaler.load_state_dict(ckpt["scaler"])
+    position = Position(**ckpt["position"]) if ckpt.get("position") else None
+    return Progress(ckpt["history"], ckpt["best_acc"], ckpt["best_epoch"], position)
 
 
 def write_history_csv(history, path):

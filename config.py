@@ -14,14 +14,16 @@ import torch
 
 from model import MODELS
 
-# CIFAR-10 training-set statistics per RGB channel, on the 0-1 scale. The std is
-# the dataset's pixel std, not the often-copied (0.2023, 0.1994, 0.2010), which
-# is an average of per-image stds.
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck")
-IMAGE_SIZE = 32  # pixels, height and width
+IMAGE_SIZE = 32  # pixels, height and width: what every data source must hold and the models are built for
+
+
+class UserError(Exception):
+    """A call that cannot go on, with a one-line message that says what to do.
+
+    Library code raises it; a notebook can catch it. Only the entry points
+    (train.py and benchmark.py run as scripts) turn it into that line on stderr
+    and exit code 1.
+    """
 
 
 @dataclass
@@ -87,7 +89,7 @@ _parse_bool.__name__ = "bool"  # so argparse says "invalid bool value"
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         """One line, no usage block: the message already names the key."""
-        sys.exit(f"error: {message} (see python train.py --help)")
+        raise UserError(f"error: {message} (see python train.py --help)")
 
 
 def flag(name):
@@ -120,7 +122,7 @@ def parse_args(argv=None, base=None):
 
 
 def check(cfg):
-    """Exit with one line naming the first field whose value cannot work."""
+    """Raise UserError naming the first field whose value cannot work."""
     rules = [
         ("epochs", cfg.epochs >= 1, "at least 1"),
         ("batch_size", cfg.batch_size >= 1, "at least 1"),
@@ -143,7 +145,7 @@ def check(cfg):
          for p in ("flip_p", "affine_p", "hole_p", "cutmix_p")]
     for name, ok, expected in rules:
         if not ok:
-            sys.exit(f"error: {flag(name)}={getattr(cfg, name)} is invalid; it must be {expected}")
+            raise UserError(f"error: {flag(name)}={getattr(cfg, name)} is invalid; it must be {expected}")
 
 
 def resolve_device(name):
@@ -157,9 +159,19 @@ def resolve_device(name):
     try:
         device = torch.device(name)
     except RuntimeError:
-        sys.exit(f"error: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+        raise UserError(f"error: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device=cuda but no CUDA GPU is available here; use --device=auto or cpu")
+        raise UserError("error: --device=cuda but no CUDA GPU is available here; use --device=auto or cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        sys.exit("error: --device=mps but MPS is not available here; use --device=auto or cpu")
+        raise UserError("error: --device=mps but MPS is not available here; use --device=auto or cpu")
+    return device
+
+
+def runtime(cfg):
+    """The run's device, with this process's math settings applied (CPU threads, cuDNN autotuning)."""
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     return device

@@ -8,7 +8,6 @@ Three sources, each decoded once into memory as uint8 (N, 32, 32, 3) RGB:
 import os
 import random
 import signal
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -16,8 +15,9 @@ import cv2
 import numpy as np
 import torch
 
-from config import CIFAR10_CLASSES, IMAGE_SIZE
+from config import IMAGE_SIZE, UserError
 
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 
 
@@ -47,23 +47,24 @@ def _read_folder_split(root, classes=None):
     found = sorted(d.name for d in os.scandir(root) if d.is_dir())
     classes = classes or tuple(found)
     if tuple(found) != tuple(classes):
-        sys.exit(f"error: {root} has classes {found}, but train/ has {list(classes)}; the splits must match")
+        raise UserError(f"error: {root} has classes {found}, but train/ has {list(classes)}; the splits must match")
     paths, labels = [], []
     for label, name in enumerate(classes):
         files = sorted(f.path for f in os.scandir(os.path.join(root, name))
                        if f.name.lower().endswith(IMAGE_EXTENSIONS))
         if not files:
-            sys.exit(f"error: class folder {os.path.join(root, name)} has no images")
+            raise UserError(f"error: class folder {os.path.join(root, name)} has no images")
         paths += files
         labels += [label] * len(files)
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:  # OpenCV decodes without the GIL
         try:
             images = list(pool.map(_read_rgb, paths))
         except ValueError as e:
-            sys.exit(f"error: {e}; remove or replace that file")
+            raise UserError(f"error: {e}; remove or replace that file") from None
     shapes = {im.shape for im in images}
     if shapes != {(IMAGE_SIZE, IMAGE_SIZE, 3)}:
-        sys.exit(f"error: {root} holds images of sizes {sorted(shapes)[:3]}; expected {IMAGE_SIZE}x{IMAGE_SIZE} RGB")
+        raise UserError(f"error: {root} holds images of sizes {sorted(shapes)[:3]}; "
+                        f"expected {IMAGE_SIZE}x{IMAGE_SIZE} RGB")
     return Split(np.stack(images), np.array(labels, dtype=np.int64)), classes
 
 
@@ -71,7 +72,7 @@ def load_folder(root):
     """ImageFolder layout: train/<class>/*, and val/<class>/* (or test/<class>/*) for evaluation."""
     test_name = next((s for s in ("val", "test") if os.path.isdir(os.path.join(root, s))), None)
     if test_name is None:
-        sys.exit(f"error: {root} has train/ but neither val/ nor test/; add an evaluation split")
+        raise UserError(f"error: {root} has train/ but neither val/ nor test/; add an evaluation split")
     train, classes = _read_folder_split(os.path.join(root, "train"))
     test, _ = _read_folder_split(os.path.join(root, test_name), classes)
     return Data(train, test, classes, f"folder {root}", test_name)
@@ -85,9 +86,9 @@ def load_cifar10(root, download):
         sets = [CIFAR10(root, train=t, download=download) for t in (True, False)]
     except (RuntimeError, OSError) as e:
         first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-        sys.exit(f"error: no CIFAR-10 in {root!r} and it could not be downloaded ({first_line}); "
-                 "pass --data-dir=PATH to a local copy (torchvision's cifar-10-batches-py, "
-                 "or a folder with train/ and val/ or test/ class subfolders)")
+        raise UserError(f"error: no CIFAR-10 in {root!r} and it could not be downloaded ({first_line}); "
+                        "pass --data-dir=PATH to a local copy (torchvision's cifar-10-batches-py, "
+                        "or a folder with train/ and val/ or test/ class subfolders)") from None
     train, test = (Split(s.data, np.array(s.targets, dtype=np.int64)) for s in sets)
     return Data(train, test, tuple(sets[0].classes), f"torchvision CIFAR-10 in {root}", "test")
 
@@ -105,6 +106,7 @@ def synthetic(n_train=64, n_test=32, seed=0):
 
 
 def load_data(cfg):
+    """The Data that cfg names: synthetic for a dry run, else a folder tree or torchvision's CIFAR-10 in data_dir."""
     if cfg.dry_run:
         return synthetic(seed=cfg.seed)
     if os.path.isdir(os.path.join(cfg.data_dir, "train")):
@@ -143,6 +145,12 @@ def keep_batch(batch):
     return batch
 
 
+def epoch_seed(seed, epoch):
+    """The seed of everything random in one epoch (data order, dropout, CutMix): a function of (seed, epoch) alone,
+    so a resumed run draws what an uninterrupted one would."""
+    return seed * 100_003 + epoch
+
+
 class EpochSampler(torch.utils.data.Sampler):
     """Yields (epoch, index) keys; the order is a function of (seed, epoch) alone.
 
@@ -167,7 +175,7 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         if self.shuffle:
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch)))
         else:
             order = torch.arange(self.n)
         return ((self.epoch, i) for i in order[: self._used()][self.rank::self.world][self.skip:].tolist())
@@ -180,8 +188,8 @@ def _worker_init(worker_id):
 
 def worker_count(cfg, device):
     """cfg.workers, or for -1 (auto): one per core, up to 16, to keep a GPU fed; on CPU none on 2 cores or
-    fewer, where worker processes only take cores from the model's math (measured on 2 cores: a full epoch
-    took 84.0 s with 0 workers, 86.7 s with 1, 85.7 s with 2), else 2."""
+    fewer, where worker processes only take cores from the model's math (docs/experiments.md, CPU speed),
+    else 2."""
     if cfg.workers >= 0:
         return cfg.workers
     cores = os.cpu_count() or 1

@@ -1,27 +1,40 @@
-"""Training and evaluation loops and the metrics built on them.
+"""The model on its device, the training step, the training and evaluation loops, and metrics.
 
-Every function returns plain dicts or tensors; nothing here prints except the
-progress bar, and the device always comes from the model's parameters.
+Every function returns plain dicts, dataclasses or tensors; nothing here prints
+except the progress bar, and the device always comes from the model's parameters.
+Mixed precision lives here alone: autocast for the forward pass, and the loss
+scaler that fp16 needs.
 """
 import contextlib
+import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from model import MODELS
+from optim import make_optimizer
 from transforms import cutmix
 
 
-def autocast(device, enabled=True):
-    """Mixed precision on CUDA: bf16 where the GPU has it, else fp16 (needs a GradScaler)."""
-    if not enabled or device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=amp_dtype(device))
+def build_model(cfg, num_classes, device):
+    """cfg.model's network on the device, in the memory layout cfg asks for."""
+    model = MODELS[cfg.model](num_classes=num_classes, dropout=cfg.dropout)
+    return model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
 
 
 def amp_dtype(device):
+    """bf16 where the GPU has it, else fp16 (which needs loss scaling)."""
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device, enabled=True):
+    """Mixed precision on CUDA (amp_dtype); full precision elsewhere."""
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=amp_dtype(device))
 
 
 def all_reduce_sum(values, device):
@@ -55,61 +68,104 @@ def to_device(x, device, channels_last):
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def backward_and_step(loss, optimizer, scaler=None):
-    """Gradients of loss and one optimizer step; with an fp16 GradScaler, scaled to avoid underflow."""
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
+@dataclass
+class TrainStep:
+    """One training step of the recipe: built once per run (make_step), called on every batch.
 
-
-def train_one_epoch(model, loader, optimizer, scheduler=None, *, label_smoothing=0.0, cutmix_p=0.0,
-                    num_classes=10, scaler=None, amp=True, channels_last=False, desc="train", progress=True,
-                    should_stop=None, partial=None):
-    """One pass over loader. Returns {'loss': mean per sample, 'acc': percent, 'lr': LR of the last step}.
-
-    Loss and accuracy are summed per sample over the epoch and divided by the
-    number of samples seen, over all processes under torchrun. Under CutMix a
-    sample counts as correct when the prediction matches the label with the
-    larger weight. When should_stop() turns true, the epoch stops after the
-    current step and returns {'partial': running sums}; passing them back as
-    `partial` (with the loader skipping the used batches) finishes the epoch.
+    The loss is cross-entropy with label smoothing, on CutMixed soft targets with
+    probability cutmix_p. The scaler is enabled only for fp16 autocast; disabled, it
+    passes the loss and the optimizer step through unchanged.
     """
-    device = next(model.parameters()).device
-    model.train()
-    total_loss, correct, seen, steps = partial or (0.0, 0, 0, 0)
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
-               disable=None if progress else True)  # None: no bar when not a terminal
-    for i, (images, labels) in enumerate(bar):
-        step = steps + i
-        images, labels = to_device(images, device, channels_last), labels.to(device, non_blocking=True)
-        if cutmix_p > 0:
-            images, targets = cutmix(images, labels, num_classes, cutmix_p)
+    optimizer: torch.optim.Optimizer
+    scheduler: object = None  # stepped after every optimizer step, or None
+    label_smoothing: float = 0.0
+    cutmix_p: float = 0.0
+    num_classes: int = 10
+    amp: bool = False  # autocast on CUDA
+    channels_last: bool = False  # the layout batches are given to the model in
+    scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cuda", enabled=False))
+
+    def __call__(self, model, images, labels):
+        """Forward, backward and update on one batch (on the model's device). Returns (loss, logits, labels):
+        the batch-mean loss and, under CutMix, each sample's label of larger weight."""
+        device = next(model.parameters()).device
+        images, labels = to_device(images, device, self.channels_last), labels.to(device, non_blocking=True)
+        targets = labels
+        if self.cutmix_p > 0:
+            images, targets = cutmix(images, labels, self.num_classes, self.cutmix_p)
             labels = targets.argmax(1)
-        else:
-            targets = labels
-        with autocast(device, amp):
+        with autocast(device, self.amp):
             logits = model(images)
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss ({loss.item()}) at step {step}")
-        lr = optimizer.param_groups[0]["lr"]  # the LR this step uses
-        backward_and_step(loss, optimizer, scaler)
-        if scheduler is not None:
-            scheduler.step()
+            raise FloatingPointError(f"non-finite training loss ({loss.item()})")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return loss, logits, labels
+
+
+def make_step(cfg, model, steps_per_epoch, num_classes):
+    """The TrainStep of cfg's recipe for this model: optimizer, LR schedule, loss, mixed precision."""
+    device = next(model.parameters()).device
+    optimizer, scheduler = make_optimizer(cfg, model, steps_per_epoch)
+    fp16 = cfg.amp and device.type == "cuda" and amp_dtype(device) == torch.float16
+    return TrainStep(optimizer, scheduler, cfg.label_smoothing, cfg.cutmix_p, num_classes, cfg.amp,
+                     cfg.channels_last, torch.amp.GradScaler("cuda", enabled=fp16))
+
+
+@dataclass
+class Position:
+    """How far a stopped training epoch got: enough to finish it later as if it had never stopped."""
+    step: int = 0  # batches done
+    loss_sum: float = 0.0  # per-sample losses summed over those batches
+    correct: int = 0
+    seen: int = 0  # samples
+    seconds: float = 0.0  # time the epoch has taken so far
+    rng: torch.Tensor = None  # torch's RNG state at the stop (dropout, CutMix)
+
+
+def train_one_epoch(model, loader, step, position=None, should_stop=None, desc="train"):
+    """One pass over loader, or its rest after `position`, one step(model, images, labels) per batch.
+
+    Returns {'loss': mean per sample, 'acc': percent, 'lr': LR of the last step,
+    'seconds': time spent on the epoch, 'position': None}. Loss and accuracy are
+    over every sample of the epoch (of all processes under torchrun). When
+    should_stop() turns true before the last batch, the epoch stops after the
+    current step and 'position' says where; the figures then cover the samples
+    seen so far. Pass it back (with the loader skipping the used batches) to
+    finish the epoch. desc=None: no progress bar.
+    """
+    model.train()
+    done = position or Position()
+    loss_sum, correct, seen, t0 = done.loss_sum, done.correct, done.seen, time.perf_counter() - done.seconds
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
+               disable=None if desc else True)  # None: no bar when not a terminal
+    stopped = False
+    for i, (images, labels) in enumerate(bar):
+        lr = step.optimizer.param_groups[0]["lr"]  # the LR this step uses
+        try:
+            loss, logits, labels = step(model, images, labels)
+        except FloatingPointError as e:
+            raise FloatingPointError(f"{e} at step {done.step + i}") from None
         n = labels.numel()
-        total_loss += loss.item() * n  # loss is a batch mean
+        loss_sum += loss.item() * n  # loss is a batch mean
         correct += (logits.argmax(1) == labels).sum().item()
         seen += n
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}%", lr=f"{lr:.4f}")
-        if should_stop and i + 1 < len(loader) and should_stop():
-            return {"partial": (total_loss, correct, seen, step + 1)}
-    total_loss, correct, seen = all_reduce_sum([total_loss, correct, seen], device)
-    return {"loss": total_loss / seen, "acc": 100 * correct / seen, "lr": lr}
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}%", lr=f"{lr:.4f}")
+        stopped = should_stop is not None and i + 1 < len(loader) and should_stop()
+        if stopped:
+            break
+    seconds = time.perf_counter() - t0
+    if stopped:
+        position = Position(done.step + i + 1, loss_sum, correct, seen, seconds, torch.get_rng_state())
+    else:
+        position = None
+        loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen], next(model.parameters()).device)
+    return {"loss": loss_sum / seen, "acc": 100 * correct / seen, "lr": lr, "seconds": seconds, "position": position}
 
 
 @torch.no_grad()

@@ -5,12 +5,10 @@ orthogonal matrix, so every direction of the filter bank moves at the same
 rate, whatever the gradient's scale. Every conv here is followed by BatchNorm,
 which makes the output blind to the filters' scale; so Muon holds each filter
 bank at a fixed norm and its learning rate is an angle: the step per update as
-a fraction of the weights' norm. Measured on the 2-core CPU (README, Training
-recipe): 81.50% val after a five-epoch run against 76.80% with SGD alone.
+a fraction of the weights' norm. Why it is the default: docs/experiments.md,
+Optimizer.
 """
 import torch
-
-import engine
 
 
 def orthogonalize(m, steps=5):
@@ -45,8 +43,7 @@ class MuonSGD(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
-            # .get: a pre-Muon checkpoint's groups have no "muon" key (resumed with --muon-lr=0)
-            lr, momentum, muon = group["lr"], group["momentum"], group.get("muon", False)
+            lr, momentum, muon = group["lr"], group["momentum"], group["muon"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -78,8 +75,8 @@ def param_groups(model, weight_decay, muon=True):
     return groups + ([{"params": [p for p in params if to_muon(p)], "muon": True}] if muon else [])
 
 
-def make_optimizer(cfg, model, steps_per_epoch, device):
-    """MuonSGD (no Muon group when cfg.muon_lr is 0), a one-cycle schedule, and a loss scaler when AMP runs in fp16.
+def make_optimizer(cfg, model, steps_per_epoch):
+    """MuonSGD (no Muon group when cfg.muon_lr is 0) and its one-cycle schedule, stepped once per batch.
 
     One-cycle: each group's LR goes from its peak/25 up to the peak over the
     first cfg.warmup of the steps, then down to ~0 along a cosine. It also sets
@@ -93,5 +90,4 @@ def make_optimizer(cfg, model, steps_per_epoch, device):
         optimizer, max_lr=peaks, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.warmup,
         div_factor=25, final_div_factor=1e4, cycle_momentum=cfg.momentum > 0,
         base_momentum=max(cfg.momentum - 0.1, 0.0), max_momentum=cfg.momentum)
-    fp16 = cfg.amp and device.type == "cuda" and engine.amp_dtype(device) == torch.float16
-    return optimizer, scheduler, torch.amp.GradScaler("cuda") if fp16 else None
+    return optimizer, scheduler

@@ -1,6 +1,6 @@
 import pytest
 
-from config import Config, parse_args, resolve_device
+from config import Config, UserError, parse_args, resolve_device
 
 
 def test_defaults_and_overrides_in_both_forms():
@@ -35,14 +35,14 @@ def test_help_lists_every_field_with_default_and_comment(capsys):
     (["--model=resnet"], "--model"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_key(argv, words):
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(UserError) as e:
         parse_args(argv)
-    message = str(e.value.code)
+    message = str(e.value)
     assert message.startswith("error:") and words in message and "\n" not in message
 
 
 def test_device_resolution():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type in ("cuda", "mps", "cpu")
-    with pytest.raises(SystemExit, match="unknown device"):
+    with pytest.raises(UserError, match="unknown device"):
         resolve_device("tpu")

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import engine
-from config import Config
+from config import Config, UserError
 from conftest import make_image_folder
-from data import load_folder, make_loader, synthetic
+from data import load_data, load_folder, make_loader, synthetic
 from model import Net
 import transforms as T
 
@@ -37,9 +37,15 @@ def test_folder_dataset_loads_both_splits(tmp_path):
 def test_bad_folders_are_one_line_errors(tmp_path, break_it, words):
     root = make_image_folder(tmp_path, per_class=(3, 2), classes=3)
     break_it(root)
-    with pytest.raises(SystemExit, match=words) as e:
+    with pytest.raises(UserError, match=words) as e:
         load_folder(str(root))
-    assert "\n" not in str(e.value.code)
+    assert "\n" not in str(e.value)
+
+
+def test_load_data_on_a_missing_folder_raises_a_user_error_in_process(tmp_path):
+    with pytest.raises(UserError, match="--data-dir=PATH") as e:
+        load_data(Config(data_dir=str(tmp_path / "missing"), download=False))
+    assert str(e.value).startswith("error:") and "\n" not in str(e.value)
 
 
 def test_augmentation_is_the_same_whatever_the_worker_count():
@@ -68,6 +74,6 @@ def test_real_cifar10_dev_data_learns_well_above_chance():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
     for epoch in range(2):
         train_loader.sampler.set_epoch(epoch)
-        engine.train_one_epoch(model, train_loader, optimizer)
+        engine.train_one_epoch(model, train_loader, engine.TrainStep(optimizer))
     result = engine.evaluate(model, make_loader(test_split, T.test_transforms(), cfg, CPU, train=False))
     assert result["acc"] > 30  # chance is 10%

@@ -84,9 +84,9 @@ def test_net_overfits_a_small_batch():
     batches = eval_loader(split, batch_size=32)
     model = Net(dropout=0.0)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    first = engine.train_one_epoch(model, batches, optimizer)
+    first = engine.train_one_epoch(model, batches, engine.TrainStep(optimizer))
     for _ in range(40):
-        last = engine.train_one_epoch(model, batches, optimizer)
+        last = engine.train_one_epoch(model, batches, engine.TrainStep(optimizer))
     assert last["loss"] < 0.1 * first["loss"]
     assert engine.evaluate(model, batches)["acc"] == 100.0
 
@@ -96,7 +96,7 @@ def test_train_loss_is_mean_per_sample():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
     batches = eval_loader(blank(10), batch_size=4)  # 4, 4 and 2 images: a mean over batches would be off
     before = [p.detach().clone() for p in model.parameters()]
-    result = engine.train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.0))
+    result = engine.train_one_epoch(model, batches, engine.TrainStep(torch.optim.SGD(model.parameters(), lr=0.0)))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert math.isclose(result["loss"], engine.evaluate(model, batches)["loss"], rel_tol=1e-5)
 
@@ -108,7 +108,7 @@ def test_fp16_loss_scaling_path_trains():
     batches = eval_loader(blank(16), batch_size=16)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu")
-    losses = [engine.train_one_epoch(model, batches, optimizer, scaler=scaler)["loss"] for _ in range(5)]
+    losses = [engine.train_one_epoch(model, batches, engine.TrainStep(optimizer, scaler=scaler))["loss"] for _ in range(5)]
     assert losses[-1] < losses[0] and scaler.get_scale() > 0
 
 

@@ -76,7 +76,7 @@ def test_sgd_groups_decay_and_use_nesterov_momentum():
 @pytest.mark.parametrize("momentum, expected", [(0.95, (0.95, 0.85, 0.95)), (0.0, (0.0, 0.0, 0.0))])
 def test_one_cycle_sets_each_groups_lr_and_the_momentum(momentum, expected):
     cfg = Config(momentum=momentum, epochs=1, warmup=0.5, lr=0.2, muon_lr=0.02)
-    optimizer, scheduler, _ = make_optimizer(cfg, small_net(), steps_per_epoch=10, device=CPU)
+    optimizer, scheduler = make_optimizer(cfg, small_net(), steps_per_epoch=10)
     seen = []
     for _ in range(10):  # step 0 is the start, step 4 the LR peak, step 9 the last
         seen.append([(g["lr"], g["momentum"]) for g in optimizer.param_groups])
@@ -88,5 +88,5 @@ def test_one_cycle_sets_each_groups_lr_and_the_momentum(momentum, expected):
 
 
 def test_muon_lr_zero_leaves_plain_sgd():
-    optimizer, _, _ = make_optimizer(Config(muon_lr=0.0), small_net(), steps_per_epoch=10, device=CPU)
+    optimizer, _ = make_optimizer(Config(muon_lr=0.0), small_net(), steps_per_epoch=10)
     assert not any(g.get("muon") for g in optimizer.param_groups) and len(optimizer.param_groups) == 2

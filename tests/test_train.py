@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import train
-from config import Config
+from config import Config, UserError
 from data import Data, Split
 from model import Net
 import transforms as T
@@ -58,7 +58,7 @@ def test_resume_continues_a_stopped_run_exactly(dry_run, tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     change_epoch(monkeypatch, 2, interrupt)
-    with pytest.raises(SystemExit, match=f"--resume={out}"):
+    with pytest.raises(UserError, match=f"--resume={out}"):
         train.main(["--dry-run", f"--out-dir={out}"])
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
     monkeypatch.undo()
@@ -97,21 +97,21 @@ def test_dilated_model_runs_and_its_checkpoint_keeps_its_kind(tmp_path):
     result = train.main(["--dry-run", "--model=dilated", f"--out-dir={tmp_path}/d"])
     evaluated = train.main([f"--evaluate={tmp_path}/d"])
     assert evaluated["test_acc"] == result["final_test_acc"]
-    with pytest.raises(SystemExit, match="holds a --model=dilated network"):
+    with pytest.raises(UserError, match="holds a --model=dilated network"):
         train.main([f"--evaluate={tmp_path}/d", "--model=net"])
 
 
 def test_existing_run_dir_is_not_overwritten(dry_run):
     out, _ = dry_run
     before = (out / "last.pt").read_bytes()
-    with pytest.raises(SystemExit, match="already holds files"):
+    with pytest.raises(UserError, match="already holds files"):
         train.main(["--dry-run", f"--out-dir={out}"])
     assert (out / "last.pt").read_bytes() == before
 
 
 def test_resume_refuses_a_damaged_checkpoint(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(SystemExit, match="cannot read checkpoint"):
+    with pytest.raises(UserError, match="cannot read checkpoint"):
         train.main([f"--resume={tmp_path}"])
 
 

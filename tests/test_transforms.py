@@ -4,8 +4,9 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from config import CIFAR10_MEAN, CIFAR10_STD, Config
+from config import Config
 import transforms as T
+from transforms import CIFAR10_MEAN, CIFAR10_STD
 
 ONLY_HOLE = replace(Config(), flip_p=0.0, affine_p=0.0, hole_p=1.0)
 
@@ -19,7 +20,7 @@ def test_building_and_running_the_pipelines_warns_nothing():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         images = np.zeros((2, 32, 32, 3), np.uint8)
-        T.train_transforms()(images)
+        T.train_transforms(Config())(images)
         T.test_transforms()(images)
 
 
