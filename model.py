@@ -20,7 +20,7 @@ class ConvBN(nn.Sequential):
         super().__init__(
             nn.Conv2d(c_in, c_out, kernel_size, stride, _padding(kernel_size, dilation, valid), dilation, bias=False),
             nn.BatchNorm2d(c_out),
-            nn.SiLU(inplace=True),  # x * sigmoid(x): far ahead of ReLU in this net (README, The model)
+            nn.SiLU(inplace=True),  # x * sigmoid(x): far ahead of ReLU in this net (docs/experiments.md, Activation)
         )
 
 

@@ -1,0 +1,85 @@
+"""The README's figures against the run records under results/: the table cannot drift from the evidence."""
+import json
+import re
+import statistics
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from config import parse_args
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def results_table():
+    """The README's results table as a list of {column: cell} dicts."""
+    lines = README.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| model | command |"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, (c.strip() for c in line.strip("|").split("|")))))
+    return rows
+
+
+def numbers(cell):
+    """'**85.57 ± 0.39**' -> [85.57, 0.39]; '14.2 min' -> [14.2]."""
+    return [float(x) for x in re.findall(r"\d+(?:\.\d+)?", cell.replace(",", ""))]
+
+
+def records(row):
+    """(config, summary) of every seed of a row, from the folder its record link names."""
+    folder = ROOT / re.search(r"\]\((results/[^)]+)\)", row["record"])[1]
+    runs = sorted(p.parent for p in folder.glob("*/summary.json"))
+    assert runs, f"no */summary.json under {folder}"
+    return [(json.loads((p / "config.json").read_text()), json.loads((p / "summary.json").read_text()))
+            for p in runs]
+
+
+def mean_sd(values):
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+ROWS = results_table()
+
+
+def test_the_table_has_rows():
+    assert ROWS and all(row["record"] for row in ROWS)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r["record"] for r in ROWS])
+def test_row_matches_its_records(row):
+    runs = records(row)
+    assert int(row["seeds"]) == len(runs) == len({c["seed"] for c, _ in runs})
+    flags = re.findall(r"--[\w-]+=\S+", row["command"].strip("`"))
+    for cfg, summary in runs:
+        # The record is this row's command on today's Config: a changed default needs a new run.
+        expected = asdict(parse_args(flags + [f"--seed={cfg['seed']}", f"--out-dir={cfg['out_dir']}"]))
+        assert cfg == expected
+        assert cfg["epochs"] == summary["epochs"] == int(row["epochs"]) == len(summary["history"])
+    for column, key in (("val acc", "final_test_acc"), ("flip TTA", "final_test_acc_flip_tta")):
+        mean, sd = mean_sd([s[key] for _, s in runs])
+        printed = numbers(row[column])
+        assert printed[0] == pytest.approx(mean, abs=0.005)
+        if sd is not None:
+            assert printed[1] == pytest.approx(sd, abs=0.005)
+    minutes = statistics.mean(s["train_seconds"] for _, s in runs) / 60
+    assert numbers(row["training time"])[0] == pytest.approx(minutes, abs=0.05)
+
+
+def test_headline_quotes_the_first_row():
+    first = ROWS[0]
+    head = "\n".join(README.splitlines()[:10])
+    assert first["val acc"].strip("*") in head
+    assert f"{int(first['seeds'])} seeds" in head
+
+
+def test_experiment_links_point_at_sections():
+    log = (ROOT / "docs" / "experiments.md").read_text()
+    anchors = {re.sub(r"[^\w -]", "", h.lower()).replace(" ", "-") for h in re.findall(r"^## (.+)$", log, re.M)}
+    links = re.findall(r"docs/experiments\.md#([\w-]+)", README)
+    assert links and set(links) <= anchors
