@@ -42,7 +42,7 @@ class Config:
     muon_lr: float = 0.02  # Muon on full and pointwise conv filters: peak step as a fraction of their norm (0: SGD for them too)
     label_smoothing: float = 0.1  # cross-entropy target smoothing for training (evaluation uses plain CE)
     # model
-    model: str = "net"  # net (Net: 3x3 stride-2 downsampling) or dilated (DilatedNet: unpadded dilated convs, no stride)
+    model: str = "net"  # net (Net: 3x3 stride-2 convs), dilated (DilatedNet: no stride) or seed (the reference, 97k)
     dropout: float = 0.0  # dropout before the classifier
     # augmentation (Albumentations, per image, uint8)
     flip_p: float = 0.5  # probability of a horizontal flip

@@ -4,6 +4,7 @@ No max-pooling: three 3x3 stride-2 convs halve the resolution (32 -> 16 -> 8 -> 
 Depthwise-separable convs do most of the work, dilated ones widen the receptive
 field, and global average pooling feeds one linear classifier. DilatedNet is the
 same blocks with no stride: unpadded dilated convs shrink the maps instead.
+SeedNet is the reference solution's network, kept as a baseline to compare with.
 """
 from torch import nn
 
@@ -122,7 +123,45 @@ class DilatedNet(FourStages):
         self.head = Classifier(c4, num_classes, dropout)
 
 
-MODELS = {"net": Net, "dilated": DilatedNet}  # names for config.model
+class SeedConv(nn.Sequential):
+    """The reference solution's unit: k x k conv (or depthwise k x k + pointwise 1x1) -> BatchNorm -> ReLU ->
+    Dropout2d(0.01)."""
+
+    def __init__(self, c_in, c_out, dilation=1, padding=1, separable=False):
+        convs = [nn.Conv2d(c_in, c_in, 3, padding=padding, dilation=dilation, groups=c_in, bias=False),
+                 nn.Conv2d(c_in, c_out, 1, bias=False)] if separable else \
+            [nn.Conv2d(c_in, c_out, 3, padding=padding, dilation=dilation, bias=False)]
+        super().__init__(*convs, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True), nn.Dropout2d(0.01))
+
+
+class Shrink(nn.Sequential):
+    """The reference solution's downsampling: a strided 1x1 conv with bias -> ReLU (halves H, W; no BatchNorm)."""
+
+    def __init__(self, c_in, c_out):
+        super().__init__(nn.Conv2d(c_in, c_out, 1, stride=2), nn.ReLU(inplace=True))
+
+
+class SeedNet(FourStages):
+    """The network of the solution this project started from (97,264 parameters), as a baseline.
+
+    It downsamples with strided 1x1 convs, which the assignment's rules do not
+    allow (architecture_rules says so), and ends in a pointwise conv to the
+    classes, averaged: no linear layer.
+    """
+
+    def __init__(self, num_classes=10, dropout=0.0):
+        super().__init__()
+        self.c1 = nn.Sequential(SeedConv(3, 32), SeedConv(32, 64))  # 32x32
+        self.c2 = nn.Sequential(Shrink(64, 32), SeedConv(32, 32), SeedConv(32, 64, separable=True))  # 16x16
+        self.c3 = nn.Sequential(  # 8x8 -> 6x6: dilation 2 with padding 1 trims 2 pixels per axis
+            Shrink(64, 32), SeedConv(32, 64, dilation=2), SeedConv(64, 64))
+        self.c4 = nn.Sequential(  # 3x3; the last pointwise conv gives the class scores directly
+            Shrink(64, 16), SeedConv(16, 32),
+            nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False), nn.Conv2d(32, num_classes, 1, bias=False))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout))
+
+
+MODELS = {"net": Net, "dilated": DilatedNet, "seed": SeedNet}  # names for config.model
 
 
 def receptive_field(model):

@@ -5,11 +5,17 @@ import pytest
 import torch
 from torch import nn
 
-from model import (MODELS, DilatedNet, Net, Residual, SeparableConv, architecture_rules, count_params,
+from model import (MODELS, DilatedNet, Net, Residual, SeedNet, SeparableConv, architecture_rules, count_params,
                    receptive_field)
 
+ASSIGNMENT_NETS = ("dilated", "net")  # the nets built to the assignment's rules; "seed" is the reference baseline
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
+
+def test_every_model_is_either_an_assignment_net_or_the_seed_baseline():
+    assert sorted(MODELS) == sorted(ASSIGNMENT_NETS + ("seed",))
+
+
+@pytest.fixture(scope="module", params=ASSIGNMENT_NETS)
 def net(request):
     torch.manual_seed(0)
     return MODELS[request.param]()
@@ -77,6 +83,30 @@ def test_global_average_pooling_then_linear(net):
 def test_rules_table_passes(net):
     failed = [rule for rule, _, ok in architecture_rules(net) if not ok]
     assert failed == []
+
+
+def test_seed_net_is_the_reference_solution_layer_by_layer():
+    net = SeedNet()
+    assert count_params(net) == 97_264
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert [sum(p.numel() for p in m.parameters()) for m in convs] == [
+        864, 18_432, 2_080, 9_216, 288, 2_048, 2_080, 18_432, 36_864, 1_040, 4_608, 288, 320]
+    shapes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[1:]))) for m in convs]
+    out = net.eval()(torch.randn(2, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    assert out.shape == (2, 10)
+    assert [shapes[i] for i in (0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 12)] == [
+        (32, 32, 32), (64, 32, 32), (32, 16, 16), (32, 16, 16), (64, 16, 16), (32, 8, 8), (64, 6, 6), (64, 6, 6),
+        (16, 3, 3), (32, 3, 3), (10, 3, 3)]
+    strided = [m for m in convs if m.stride != (1, 1)]
+    assert all(m.kernel_size == (1, 1) and m.bias is not None for m in strided) and len(strided) == 3
+
+
+def test_seed_net_fails_only_the_downsampling_rule():
+    failed = [rule for rule, _, ok in architecture_rules(SeedNet()) if not ok]
+    assert failed == ["downsampling: 3x3 stride-2 or unpadded dilated convs"]
 
 
 def test_residual_block_starts_as_the_identity_and_adds_its_body():
