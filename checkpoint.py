@@ -8,6 +8,7 @@ import torch
 
 from config import Config, UserError, flag, parse_args
 from engine import Position
+from model import MODELS
 
 # The optimizer and its schedule are built from these and restored from the checkpoint as they were, so a
 # changed value would be ignored (or, for epochs and batch_size, break the schedule): refused on resume.
@@ -35,14 +36,16 @@ def write_atomic(path, write):
     os.replace(tmp, path)
 
 
-def save(run_dir, cfg, model, step, progress, best=False):
-    """last.pt (and best.pt when best) in run_dir: weights, optimizer, schedule, scaler, progress, config."""
-    state = dict(model=model.state_dict(), optimizer=step.optimizer.state_dict(),
-                 scheduler=step.scheduler.state_dict(), scaler=step.scaler.state_dict(), epoch=progress.epoch,
-                 history=progress.history, best_acc=progress.best_acc, best_epoch=progress.best_epoch,
-                 position=asdict(progress.position) if progress.position else None, config=asdict(cfg))
+def save(run, best=False):
+    """last.pt (and best.pt when best) in run.run_dir: weights, optimizer, schedule, scaler, progress, config and
+    class names of a train.Run."""
+    state = dict(model=run.model.state_dict(), optimizer=run.step.optimizer.state_dict(),
+                 scheduler=run.step.scheduler.state_dict(), scaler=run.step.scaler.state_dict(),
+                 epoch=run.progress.epoch, history=run.progress.history, best_acc=run.progress.best_acc,
+                 best_epoch=run.progress.best_epoch, classes=list(run.data.classes), config=asdict(run.cfg),
+                 position=asdict(run.progress.position) if run.progress.position else None)
     for name in ("last.pt", "best.pt") if best else ("last.pt",):
-        write_atomic(os.path.join(run_dir, name), lambda tmp: torch.save(state, tmp))
+        write_atomic(os.path.join(run.run_dir, name), lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path):
@@ -59,9 +62,15 @@ def load_checkpoint(path):
     if not isinstance(ckpt, dict) or not {"model", "config", "epoch"} <= ckpt.keys():
         raise UserError(f"error: {path} is not a train.py checkpoint (no model/config/epoch entries)")
     ckpt["path"] = path
-    known = {f.name for f in fields(Config)}  # fields added or removed since the checkpoint: defaults / dropped
-    ckpt["config"] = Config(**{k: v for k, v in ckpt["config"].items() if k in known})
+    ckpt["config"] = Config(**_known(Config, ckpt["config"]))
     return ckpt
+
+
+def _known(cls, saved):
+    """The entries of a saved dict that dataclass cls has: fields added since the checkpoint take their defaults,
+    fields it no longer has are dropped."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in saved.items() if k in names}
 
 
 def with_overrides(ckpt, argv, fixed=(), **base):
@@ -87,18 +96,32 @@ def resume(path, argv):
     return replace(with_overrides(ckpt, argv, FIXED_ON_RESUME), resume=path), ckpt
 
 
-def load_weights(model, state):
+def load_weights(model, ckpt, classes):
+    """ckpt's weights into model; refused with one line when its classes or its network differ from these."""
+    saved = ckpt.get("classes")
+    if saved is not None and tuple(saved) != tuple(classes):
+        raise UserError(f"error: {ckpt['path']} was trained on {_names(saved)} but this data has "
+                        f"{_names(classes)}; use data with the same classes")
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
+        kind = next((name for name, net in MODELS.items() if net().state_dict().keys() == ckpt["model"].keys()), None)
+        if kind and not isinstance(model, MODELS[kind]):
+            raise UserError(f"error: {ckpt['path']} holds a --model={kind} network, not a {type(model).__name__}; "
+                            f"pass --model={kind}") from None
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
         raise UserError(f"error: checkpoint does not fit this model ({first}); "
                         "use the config it was trained with") from None
 
 
-def restore(ckpt, model, step):
+def _names(classes):
+    """'3 classes (a, b, c)', or '10 classes (airplane, automobile, bird, ...)'."""
+    return f"{len(classes)} classes ({', '.join(classes[:3])}{', ...' if len(classes) > 3 else ''})"
+
+
+def restore(ckpt, model, step, classes):
     """Load a checkpoint into the model and the TrainStep; returns its Progress."""
-    load_weights(model, ckpt["model"])
+    load_weights(model, ckpt, classes)
     try:
         step.optimizer.load_state_dict(ckpt["optimizer"])
     except ValueError as e:  # other parameter groups: a checkpoint of an older train.py
@@ -107,7 +130,7 @@ def restore(ckpt, model, step):
     step.scheduler.load_state_dict(ckpt["scheduler"])
     if ckpt["scaler"]:  # empty when it ran without fp16 loss scaling: start afresh
         step.scaler.load_state_dict(ckpt["scaler"])
-    position = Position(**ckpt["position"]) if ckpt.get("position") else None
+    position = Position(**_known(Position, ckpt["position"])) if ckpt.get("position") else None
     return Progress(ckpt["history"], ckpt["best_acc"], ckpt["best_epoch"], position)
 
 

@@ -6,6 +6,7 @@ An unknown key or a value of the wrong type is a one-line error.
 """
 import argparse
 import inspect
+import math
 import re
 import sys
 from dataclasses import dataclass, fields
@@ -64,6 +65,7 @@ class Config:
     out_dir: str = ""  # where this run writes its files; empty: runs/<date-time>
     overwrite: bool = False  # allow out_dir to be a directory that already holds files
     resume: str = ""  # run dir or checkpoint to continue from
+    init_from: str = ""  # run dir or checkpoint whose weights start a new run (new optimizer and schedule)
     evaluate: str = ""  # run dir or checkpoint to evaluate on the test split (no training)
     dry_run: bool = False  # whole program on a tiny synthetic dataset, a few steps, no data needed
 
@@ -123,7 +125,8 @@ def parse_args(argv=None, base=None):
 
 def check(cfg):
     """Raise UserError naming the first field whose value cannot work."""
-    rules = [
+    rules = [(f.name, math.isfinite(getattr(cfg, f.name)), "a finite number") for f in fields(Config)
+             if f.type is float] + [
         ("epochs", cfg.epochs >= 1, "at least 1"),
         ("batch_size", cfg.batch_size >= 1, "at least 1"),
         ("workers", cfg.workers >= -1, "0 or more, or -1 for auto"),
@@ -140,12 +143,16 @@ def check(cfg):
         ("scale_limit", 0 <= cfg.scale_limit < 1, "in [0, 1)"),
         ("rotate_limit", 0 <= cfg.rotate_limit <= 180, "in [0, 180] degrees"),
         ("hole_size", 1 <= cfg.hole_size <= IMAGE_SIZE, f"between 1 and the image side, {IMAGE_SIZE}"),
-        ("seed", cfg.seed >= 0, "0 or more"),
+        ("seed", 0 <= cfg.seed < 2**32, "between 0 and 2**32 - 1"),
     ] + [(p, 0 <= getattr(cfg, p) <= 1, "a probability in [0, 1]")
          for p in ("flip_p", "affine_p", "hole_p", "cutmix_p")]
     for name, ok, expected in rules:
         if not ok:
             raise UserError(f"error: {flag(name)}={getattr(cfg, name)} is invalid; it must be {expected}")
+    given = [flag(name) for name in ("resume", "evaluate", "init_from") if getattr(cfg, name)]
+    if len(given) > 1:
+        raise UserError(f"error: {' and '.join(given)} do not combine: continue a run, evaluate one, or start "
+                        "one from another's weights")
 
 
 def resolve_device(name):
@@ -161,9 +168,13 @@ def resolve_device(name):
     except RuntimeError:
         raise UserError(f"error: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("error: --device=cuda but no CUDA GPU is available here; use --device=auto or cpu")
+        raise UserError(f"error: --device={name} but no CUDA GPU is available here; use --device=auto or cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UserError(f"error: --device={name} but this machine has {count} CUDA GPU(s), cuda:0 to "
+                        f"cuda:{count - 1}")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError("error: --device=mps but MPS is not available here; use --device=auto or cpu")
+        raise UserError(f"error: --device={name} but MPS is not available here; use --device=auto or cpu")
     return device
 
 

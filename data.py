@@ -7,6 +7,7 @@ Three sources, each decoded once into memory as uint8 (N, 32, 32, 3) RGB:
 """
 import os
 import random
+import shutil
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,38 +35,60 @@ class Data:
     classes: tuple
     source: str  # human-readable origin, for the log
     test_name: str  # "val" or "test": what the evaluation split is
+    note: str = ""  # a line for the log about what loading changed, e.g. images converted to RGB
 
 
 def _read_rgb(path):
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    """(image as (H, W, 3) uint8 RGB, whether it had to be converted), judged by the file's bytes, not its name.
+
+    Grayscale, RGBA and 16-bit images are converted; a JPEG whose end marker is missing
+    (a cut-off download or copy) is refused rather than decoded with grey filling in.
+    """
+    data = np.fromfile(path, dtype=np.uint8)
+    if data[:3].tobytes() == b"\xff\xd8\xff" and b"\xff\xd9" not in data[-32:].tobytes():
+        raise ValueError(f"image {path} is truncated (its JPEG data ends early)")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # UNCHANGED: channels and depth as stored
     if image is None:
         raise ValueError(f"cannot read image {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    converted = image.dtype != np.uint8 or image.ndim == 2 or image.shape[2] != 3
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ValueError(f"image {path} has {image.dtype} pixels; save it with 8 or 16 bits per channel")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB), converted
+    return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB), converted
+
+
+def _visible(entries):
+    """Directory entries minus hidden ones (.ipynb_checkpoints, .DS_Store, ...), sorted by name."""
+    return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
 
 
 def _read_folder_split(root, classes=None):
-    found = sorted(d.name for d in os.scandir(root) if d.is_dir())
+    """(Split, class names, how many images were converted) of root/<class>/*."""
+    found = [d.name for d in _visible(os.scandir(root)) if d.is_dir()]
     classes = classes or tuple(found)
     if tuple(found) != tuple(classes):
         raise UserError(f"error: {root} has classes {found}, but train/ has {list(classes)}; the splits must match")
     paths, labels = [], []
     for label, name in enumerate(classes):
-        files = sorted(f.path for f in os.scandir(os.path.join(root, name))
-                       if f.name.lower().endswith(IMAGE_EXTENSIONS))
+        files = [f.path for f in _visible(os.scandir(os.path.join(root, name)))
+                 if f.name.lower().endswith(IMAGE_EXTENSIONS)]
         if not files:
             raise UserError(f"error: class folder {os.path.join(root, name)} has no images")
         paths += files
         labels += [label] * len(files)
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:  # OpenCV decodes without the GIL
         try:
-            images = list(pool.map(_read_rgb, paths))
+            images, converted = zip(*pool.map(_read_rgb, paths))
         except ValueError as e:
             raise UserError(f"error: {e}; remove or replace that file") from None
     shapes = {im.shape for im in images}
     if shapes != {(IMAGE_SIZE, IMAGE_SIZE, 3)}:
         raise UserError(f"error: {root} holds images of sizes {sorted(shapes)[:3]}; "
-                        f"expected {IMAGE_SIZE}x{IMAGE_SIZE} RGB")
-    return Split(np.stack(images), np.array(labels, dtype=np.int64)), classes
+                        f"expected {IMAGE_SIZE}x{IMAGE_SIZE}")
+    return Split(np.stack(images), np.array(labels, dtype=np.int64)), classes, sum(converted)
 
 
 def load_folder(root):
@@ -73,18 +96,31 @@ def load_folder(root):
     test_name = next((s for s in ("val", "test") if os.path.isdir(os.path.join(root, s))), None)
     if test_name is None:
         raise UserError(f"error: {root} has train/ but neither val/ nor test/; add an evaluation split")
-    train, classes = _read_folder_split(os.path.join(root, "train"))
-    test, _ = _read_folder_split(os.path.join(root, test_name), classes)
-    return Data(train, test, classes, f"folder {root}", test_name)
+    train, classes, converted = _read_folder_split(os.path.join(root, "train"))
+    test, _, converted_test = _read_folder_split(os.path.join(root, test_name), classes)
+    converted += converted_test
+    note = f"{converted:,} grayscale, RGBA or 16-bit images were converted to 8-bit RGB" if converted else ""
+    return Data(train, test, classes, f"folder {root}", test_name, note)
+
+
+def outermost_missing(path):
+    """The outermost folder on path that does not exist yet (what os.makedirs(path) creates first), or None."""
+    path, missing = os.path.abspath(path), None
+    while not os.path.exists(path):
+        path, missing = os.path.dirname(path), path
+    return missing
 
 
 def load_cifar10(root, download):
     """torchvision's CIFAR-10 (50k train / 10k test), downloaded into root when missing."""
     from torchvision.datasets import CIFAR10
 
+    created = outermost_missing(root)
     try:
         sets = [CIFAR10(root, train=t, download=download) for t in (True, False)]
     except (RuntimeError, OSError) as e:
+        if created:  # the failed download made these folders: leave nothing behind
+            shutil.rmtree(created, ignore_errors=True)
         first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"error: no CIFAR-10 in {root!r} and it could not be downloaded ({first_line}); "
                         "pass --data-dir=PATH to a local copy (torchvision's cifar-10-batches-py, "
@@ -109,6 +145,8 @@ def load_data(cfg):
     """The Data that cfg names: synthetic for a dry run, else a folder tree or torchvision's CIFAR-10 in data_dir."""
     if cfg.dry_run:
         return synthetic(seed=cfg.seed)
+    if os.path.exists(cfg.data_dir) and not os.path.isdir(cfg.data_dir):
+        raise UserError(f"error: --data-dir={cfg.data_dir} is a file; pass the folder that holds the data")
     if os.path.isdir(os.path.join(cfg.data_dir, "train")):
         return load_folder(cfg.data_dir)
     return load_cifar10(cfg.data_dir, cfg.download)

@@ -6,8 +6,10 @@ curves.png, misclassified.png, confusion.png and summary.json.
 """
 import contextlib
 import copy
+import math
 import os
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -25,7 +27,7 @@ import engine
 import plots
 from checkpoint import write_history_csv, write_json
 from config import IMAGE_SIZE, Config, UserError, parse_args, runtime
-from data import epoch_seed, load_data, make_loader, worker_count
+from data import Data, epoch_seed, load_data, make_loader, outermost_missing, worker_count
 from model import architecture_rules, count_params, receptive_field
 from transforms import CIFAR10_MEAN, CIFAR10_STD, test_transforms, train_transforms
 
@@ -36,21 +38,28 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def new_run_dir(cfg):
-    if cfg.out_dir:
-        path = cfg.out_dir
-    else:
-        path = os.path.join("runs", ("dry-run-" if cfg.dry_run else "") + time.strftime("%Y%m%d-%H%M%S"))
-    if os.path.isdir(path) and os.listdir(path) and not cfg.overwrite:
-        raise UserError(f"error: {path} already holds files; pick another --out-dir, --resume={path}, or --overwrite")
+def make_out_dir(path, overwrite, instead):
+    """Create path for this run's files; refused when it already holds files (unless overwrite) or cannot be
+    written, and then no folder it created is left behind. `instead`: what the refusal suggests."""
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise UserError(f"error: {path} already holds files; pick another --out-dir, {instead}or --overwrite")
+    created = outermost_missing(path)
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, ".write-test")
         open(probe, "w").close()
         os.remove(probe)
     except OSError as e:
+        if created:
+            shutil.rmtree(created, ignore_errors=True)
         raise UserError(f"error: cannot write to output dir {path} ({e.strerror}); pick another --out-dir") from None
     return path
+
+
+def new_run_dir(cfg):
+    default = os.path.join("runs", ("dry-run-" if cfg.dry_run else "") + time.strftime("%Y%m%d-%H%M%S"))
+    path = cfg.out_dir or default
+    return make_out_dir(path, cfg.overwrite, f"--resume={path}, ")
 
 
 def print_model_report(model, device):
@@ -117,6 +126,8 @@ def prepare(cfg, device, world=1):
     data = load_data(cfg)
     print(f"data: {data.source}; train {len(data.train.labels):,} images, "
           f"{data.test_name} {len(data.test.labels):,} images, {len(data.classes)} classes")
+    if data.note:
+        print(f"note: {data.note}")
     return data
 
 
@@ -126,21 +137,31 @@ def eval_loader(data, cfg, device, rank=0, world=1):
 
 
 def evaluate_checkpoint(argv, path):
+    """Evaluate a checkpoint on the data's evaluation split: plots and summary.json in RUN/evaluate (or --out-dir)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("error: --evaluate runs in one process; start it with python, not torchrun")
     ckpt = checkpoint.load_checkpoint(path)
-    cfg = checkpoint.with_overrides(ckpt, argv, out_dir="")  # never write into the run itself
+    cfg = checkpoint.with_overrides(ckpt, argv, out_dir="", overwrite=False)  # never write into the run itself
     device = runtime(cfg)
     data = prepare(cfg, device)
     model = engine.build_model(cfg, len(data.classes), device)
-    checkpoint.load_weights(model, ckpt["model"])
-    run_dir = cfg.out_dir or os.path.join(os.path.dirname(ckpt["path"]), "evaluate")
-    os.makedirs(run_dir, exist_ok=True)
-    result = save_analysis(model, eval_loader(data, cfg, device), data, run_dir, cfg)
-    print(f"{ckpt['path']} (epoch {ckpt['epoch']}): {data.test_name} loss {result['loss']:.4f} "
-          f"acc {result['acc']:.2f}% (flip TTA {result['flip_acc']:.2f}%); plots in {run_dir}")
-    return {"checkpoint": ckpt["path"], "epoch": ckpt["epoch"], "test_loss": result["loss"],
-            "test_acc": result["acc"], "test_acc_flip_tta": result["flip_acc"], "out_dir": run_dir}
+    checkpoint.load_weights(model, ckpt, data.classes)
+    name = os.path.splitext(os.path.basename(ckpt["path"]))[0]
+    out_dir = make_out_dir(cfg.out_dir or os.path.join(os.path.dirname(ckpt["path"]),
+                                                       "evaluate" if name == "last" else f"evaluate-{name}"),
+                           cfg.overwrite, "")
+    best = ckpt.get("best_epoch", ckpt["epoch"])
+    print(f"evaluating {ckpt['path']} (epoch {ckpt['epoch']})" + (
+        f"; the best val accuracy was at epoch {best}: evaluate {os.path.dirname(ckpt['path'])}/best.pt for that one"
+        if name == "last" and best != ckpt["epoch"] else ""))
+    result = save_analysis(model, eval_loader(data, cfg, device), data, out_dir, cfg)
+    summary = {"checkpoint": ckpt["path"], "epoch": ckpt["epoch"], "test_split": data.test_name,
+               "test_loss": result["loss"], "test_acc": result["acc"], "test_acc_flip_tta": result["flip_acc"],
+               "data": data.source, "out_dir": out_dir}
+    write_json(summary, os.path.join(out_dir, "summary.json"))
+    print(f"{data.test_name} loss {result['loss']:.4f} acc {result['acc']:.2f}% (flip TTA {result['flip_acc']:.2f}%); "
+          f"plots and summary.json in {out_dir}")
+    return summary
 
 
 @contextlib.contextmanager
@@ -168,21 +189,25 @@ def stop_on_signals():
 class Run:
     """What the epoch loop works on: built once by main, its progress updated every epoch."""
     cfg: Config
+    data: Data
     model: torch.nn.Module  # the plain model: what is saved, evaluated at the end and analysed
     train_model: torch.nn.Module  # the same weights, compiled and/or DDP-wrapped
     eval_model: torch.nn.Module  # the same weights, compiled or not
     step: engine.TrainStep
     train_loader: torch.utils.data.DataLoader
     test_loader: torch.utils.data.DataLoader
-    test_name: str
     run_dir: str
     rank: int
     progress: checkpoint.Progress
 
 
 def start_run(cfg, ckpt, data, device, rank, world):
-    """The Run of this config: its dir, loaders, model and training step, continued from ckpt when resuming."""
-    run_dir = os.path.dirname(ckpt["path"]) if ckpt else new_run_dir(cfg) if rank == 0 else None
+    """The Run of this config: its dir, loaders, model and training step.
+
+    ckpt: the checkpoint to continue (cfg.resume) or whose weights start this run (cfg.init_from), or None.
+    A new run saves last.pt before its first step, so that even a kill in epoch 1 leaves a run to resume.
+    """
+    run_dir = os.path.dirname(ckpt["path"]) if cfg.resume else new_run_dir(cfg) if rank == 0 else None
     if world > 1:
         box = [run_dir]
         dist.broadcast_object_list(box)  # every rank writes nothing, but must agree on where rank 0 does
@@ -195,20 +220,33 @@ def start_run(cfg, ckpt, data, device, rank, world):
     eval_model = torch.compile(model) if cfg.compile else model  # same weights; `model` is what gets saved
     train_model = DDP(eval_model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else eval_model
     step = engine.make_step(cfg, model, len(train_loader), len(data.classes))
-    progress = checkpoint.restore(ckpt, model, step) if ckpt else checkpoint.Progress()
-    if ckpt:
+    progress = checkpoint.Progress()
+    if cfg.resume:
+        progress = checkpoint.restore(ckpt, model, step, data.classes)
         print(f"resuming {ckpt['path']} at epoch {progress.epoch + 1}"
               + (f", step {progress.position.step + 1}" if progress.position else ""))
+    elif ckpt:
+        checkpoint.load_weights(model, ckpt, data.classes)
+        print(f"starting from the weights of {ckpt['path']} (epoch {ckpt['epoch']}), new optimizer and schedule")
+    run = Run(cfg, data, model, train_model, eval_model, step, train_loader,
+              eval_loader(data, cfg, device, rank, world), run_dir, rank, progress)
     if rank == 0:
         write_json(asdict(cfg), os.path.join(run_dir, "config.json"))
-    return Run(cfg, model, train_model, eval_model, step, train_loader, eval_loader(data, cfg, device, rank, world),
-               data.test_name, run_dir, rank, progress)
+        if not cfg.resume:
+            checkpoint.save(run)
+    return run
+
+
+def held(epoch):
+    """What last.pt holds after `epoch` finished epochs, in words."""
+    return f"the end of epoch {epoch}" if epoch else "the initial weights"
 
 
 def run_epoch(run, epoch, stop):
     """Train epoch `epoch` (or its rest after a stop inside it), evaluate, log and save.
 
-    Raises UserError, after saving what can be continued, when a signal stops the run or the loss turns non-finite.
+    Raises UserError, after saving what can be continued, when a signal stops the run or the loss, the val loss
+    or the weights turn non-finite.
     """
     cfg, progress, resume_hint = run.cfg, run.progress, f"continue with: python train.py --resume={run.run_dir}"
     # Everything random in an epoch follows from (seed, epoch), or from the saved state when an
@@ -221,22 +259,27 @@ def run_epoch(run, epoch, stop):
         run.train_loader.sampler.set_epoch(epoch)
     try:
         train = engine.train_one_epoch(run.train_model, run.train_loader, run.step, position=progress.position,
-                                       should_stop=stop.is_set, desc=f"epoch {epoch}/{cfg.epochs}" if run.rank == 0 else None)
+                                       should_stop=stop.is_set,
+                                       desc=f"epoch {epoch}/{cfg.epochs}" if run.rank == 0 else None)
         progress.position = train["position"]
         if progress.position:
             if run.rank == 0:
-                checkpoint.save(run.run_dir, cfg, run.model, run.step, progress)
+                checkpoint.save(run)
             raise UserError(f"\nstopped in epoch {epoch} after step {progress.position.step}, saved in "
                             f"{run.run_dir}/last.pt; {resume_hint}")
         t0 = time.perf_counter()
         engine.average_buffers(run.model)
         test = engine.evaluate(run.eval_model, run.test_loader, amp=cfg.amp, channels_last=cfg.channels_last)
+        if not math.isfinite(test["loss"]):
+            raise FloatingPointError(f"non-finite {run.data.test_name} loss ({test['loss']})")
+        if not all(t.isfinite().all() for t in run.model.state_dict().values() if t.is_floating_point()):
+            raise FloatingPointError("non-finite weights after the epoch")
     except KeyboardInterrupt:  # a second Ctrl-C: leave now, last.pt keeps the last finished epoch
-        raise UserError(f"\ninterrupted in epoch {epoch}; " + (f"{resume_hint} from epoch {progress.epoch}"
-                                                              if progress.epoch else "no epoch finished")) from None
+        raise UserError(f"\ninterrupted in epoch {epoch}; {run.run_dir}/last.pt holds {held(progress.epoch)}; "
+                        f"{resume_hint}") from None
     except FloatingPointError as e:
-        raise UserError(f"error: epoch {epoch}: {e}; stopped. {run.run_dir}/last.pt holds the last good epoch "
-                        f"({epoch - 1}); try a lower --lr") from None
+        raise UserError(f"error: epoch {epoch}: {e}; stopped. {run.run_dir}/last.pt holds {held(progress.epoch)}; "
+                        "try a lower --lr") from None
     seconds = train["seconds"] + time.perf_counter() - t0
     progress.history.append(dict(epoch=epoch, train_loss=train["loss"], train_acc=train["acc"],
                                  test_loss=test["loss"], test_acc=test["acc"], lr=train["lr"], seconds=seconds))
@@ -244,10 +287,10 @@ def run_epoch(run, epoch, stop):
     if best:
         progress.best_acc, progress.best_epoch = test["acc"], epoch
     print(f"epoch {epoch:3d}/{cfg.epochs}  train loss {train['loss']:.4f} acc {train['acc']:6.2f}%  "
-          f"{run.test_name} loss {test['loss']:.4f} acc {test['acc']:6.2f}%  lr {train['lr']:.5f}  "
+          f"{run.data.test_name} loss {test['loss']:.4f} acc {test['acc']:6.2f}%  lr {train['lr']:.5f}  "
           f"{seconds:6.1f}s{'  *' if best else ''}", flush=True)
     if run.rank == 0:
-        checkpoint.save(run.run_dir, cfg, run.model, run.step, progress, best)
+        checkpoint.save(run, best)
         write_history_csv(progress.history, os.path.join(run.run_dir, "history.csv"))
     if stop.is_set() and epoch < cfg.epochs:
         raise UserError(f"\nstopped after epoch {epoch}, saved in {run.run_dir}/last.pt; {resume_hint}")
@@ -279,6 +322,8 @@ def main(argv=None):
     if cfg.evaluate:
         return evaluate_checkpoint(argv, cfg.evaluate)
     cfg, ckpt = checkpoint.resume(cfg.resume, argv) if cfg.resume else (cfg, None)
+    if cfg.init_from:
+        ckpt = checkpoint.load_checkpoint(cfg.init_from)
     if cfg.dry_run:  # tiny and quick, whatever the config says
         cfg = replace(cfg, epochs=min(cfg.epochs, 2), batch_size=16, workers=0)
 
