@@ -1,4 +1,5 @@
 """Run files: atomic writes, and the checkpoint format (what is saved, what is restored, what a resume refuses)."""
+import contextlib
 import csv
 import json
 import os
@@ -30,10 +31,16 @@ class Progress:
 
 
 def write_atomic(path, write):
-    """write(tmp_path), then rename over path: a crash or kill never leaves a half-written file."""
+    """write(tmp_path), then rename over path: a crash, a kill or a full disk never leaves a half-written file."""
     tmp = path + ".tmp"
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise UserError(f"error: cannot write {path} ({e.strerror or e}); the file it would replace is unchanged; "
+                        "free some space or pick another --out-dir") from None
 
 
 def save(run, best=False):

@@ -127,6 +127,7 @@ def check(cfg):
     """Raise UserError naming the first field whose value cannot work."""
     rules = [(f.name, math.isfinite(getattr(cfg, f.name)), "a finite number") for f in fields(Config)
              if f.type is float] + [
+        ("data_dir", cfg.data_dir != "", "a folder"),
         ("epochs", cfg.epochs >= 1, "at least 1"),
         ("batch_size", cfg.batch_size >= 1, "at least 1"),
         ("workers", cfg.workers >= -1, "0 or more, or -1 for auto"),

@@ -44,7 +44,12 @@ def _read_rgb(path):
     Grayscale, RGBA and 16-bit images are converted; a JPEG whose end marker is missing
     (a cut-off download or copy) is refused rather than decoded with grey filling in.
     """
-    data = np.fromfile(path, dtype=np.uint8)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:  # a broken link, a folder named like an image, no permission
+        raise ValueError(f"cannot read image {path} ({e.strerror})") from None
+    if not data.size:
+        raise ValueError(f"image {path} is empty (0 bytes)")
     if data[:3].tobytes() == b"\xff\xd8\xff" and b"\xff\xd9" not in data[-32:].tobytes():
         raise ValueError(f"image {path} is truncated (its JPEG data ends early)")
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # UNCHANGED: channels and depth as stored

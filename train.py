@@ -6,6 +6,7 @@ curves.png, misclassified.png, confusion.png and summary.json.
 """
 import contextlib
 import copy
+import fcntl
 import math
 import os
 import random
@@ -60,6 +61,21 @@ def new_run_dir(cfg):
     default = os.path.join("runs", ("dry-run-" if cfg.dry_run else "") + time.strftime("%Y%m%d-%H%M%S"))
     path = cfg.out_dir or default
     return make_out_dir(path, cfg.overwrite, f"--resume={path}, ")
+
+
+def hold(run_dir):
+    """Lock run_dir for this process's lifetime: a second run or resume into it is refused while this one lives.
+
+    The lock is the OS's (flock): it goes when the process ends, however it ends. Returns the open lock file.
+    """
+    handle = open(os.path.join(run_dir, ".lock"), "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise UserError(f"error: {run_dir} is in use by another run; wait for it to end, or pick another "
+                        "--out-dir") from None
+    return handle
 
 
 def print_model_report(model, device):
@@ -199,6 +215,7 @@ class Run:
     run_dir: str
     rank: int
     progress: checkpoint.Progress
+    lock: object  # rank 0's hold on run_dir (see hold), released when the process ends
 
 
 def start_run(cfg, ckpt, data, device, rank, world):
@@ -208,6 +225,7 @@ def start_run(cfg, ckpt, data, device, rank, world):
     A new run saves last.pt before its first step, so that even a kill in epoch 1 leaves a run to resume.
     """
     run_dir = os.path.dirname(ckpt["path"]) if cfg.resume else new_run_dir(cfg) if rank == 0 else None
+    lock = hold(run_dir) if rank == 0 else None
     if world > 1:
         box = [run_dir]
         dist.broadcast_object_list(box)  # every rank writes nothing, but must agree on where rank 0 does
@@ -229,7 +247,7 @@ def start_run(cfg, ckpt, data, device, rank, world):
         checkpoint.load_weights(model, ckpt, data.classes)
         print(f"starting from the weights of {ckpt['path']} (epoch {ckpt['epoch']}), new optimizer and schedule")
     run = Run(cfg, data, model, train_model, eval_model, step, train_loader,
-              eval_loader(data, cfg, device, rank, world), run_dir, rank, progress)
+              eval_loader(data, cfg, device, rank, world), run_dir, rank, progress, lock)
     if rank == 0:
         write_json(asdict(cfg), os.path.join(run_dir, "config.json"))
         if not cfg.resume:
@@ -261,6 +279,10 @@ def run_epoch(run, epoch, stop):
         train = engine.train_one_epoch(run.train_model, run.train_loader, run.step, position=progress.position,
                                        should_stop=stop.is_set,
                                        desc=f"epoch {epoch}/{cfg.epochs}" if run.rank == 0 else None)
+        chance = math.log(len(run.data.classes))  # the loss of a uniform guess
+        if train["loss"] > 10 * chance:
+            raise FloatingPointError(f"the training loss diverged ({train['loss']:.4g} per sample, over 10 times "
+                                     f"the {chance:.2f} of a uniform guess)")
         progress.position = train["position"]
         if progress.position:
             if run.rank == 0:
@@ -322,6 +344,9 @@ def main(argv=None):
     if cfg.evaluate:
         return evaluate_checkpoint(argv, cfg.evaluate)
     cfg, ckpt = checkpoint.resume(cfg.resume, argv) if cfg.resume else (cfg, None)
+    if ckpt and ckpt["epoch"] == cfg.epochs:
+        raise UserError(f"error: {ckpt['path']} finished all {cfg.epochs} epochs; nothing to resume (to train "
+                        f"on, start a new run from its weights: --init-from={cfg.resume} --epochs=N)")
     if cfg.init_from:
         ckpt = checkpoint.load_checkpoint(cfg.init_from)
     if cfg.dry_run:  # tiny and quick, whatever the config says
@@ -341,7 +366,11 @@ def main(argv=None):
         dist.destroy_process_group()
     if rank:  # the other ranks' work ends with training; rank 0 evaluates the whole split and writes
         return dict(history=run.progress.history, run_dir=run.run_dir)
-    return finish(run, data, device, world)
+    try:
+        return finish(run, data, device, world)
+    except KeyboardInterrupt:
+        raise UserError(f"\ninterrupted in the final analysis; training finished and {run.run_dir}/last.pt holds "
+                        f"it; redo the analysis with: python train.py --evaluate={run.run_dir}") from None
 
 
 if __name__ == "__main__":

@@ -113,17 +113,18 @@ def test_non_finite_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_pa
     assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
-def test_resume_on_data_with_other_classes_is_refused_naming_them(uninterrupted, tmp_path):
+def test_evaluating_on_data_with_other_classes_is_refused_naming_them(uninterrupted, tmp_path):
     three_classes = make_image_folder(tmp_path, per_class=(1, 1), classes=3)
     with pytest.raises(UserError, match=r"trained on 10 classes \(class0, class1, class2, \.\.\.\) but this data "
                                         r"has 3 classes \(class0, class1, class2\)") as e:
-        train.main([f"--resume={uninterrupted['run_dir']}", f"--data-dir={three_classes}"])
+        train.main([f"--evaluate={uninterrupted['run_dir']}", f"--data-dir={three_classes}"])
     assert "\n" not in str(e.value)
 
 
 def test_resume_with_a_different_model_shape_is_refused(uninterrupted, tmp_path):
     ckpt = torch.load(os.path.join(uninterrupted["run_dir"], "last.pt"), weights_only=True)
     del ckpt["classes"]  # no class names to compare: the weights' shapes still refuse it
+    ckpt["epoch"], ckpt["history"] = 2, ckpt["history"][:2]  # a run with an epoch left to resume
     torch.save(ckpt, tmp_path / "last.pt")
     three_classes = make_image_folder(tmp_path / "data", per_class=(1, 1), classes=3)
     with pytest.raises(UserError, match="does not fit this model") as e:
