@@ -40,7 +40,7 @@ def write_atomic(path, write):
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise UserError(f"error: cannot write {path} ({e.strerror or e}); the file it would replace is unchanged; "
-                        "free some space or pick another --out-dir") from None
+                        "free some space or write elsewhere") from None
 
 
 def save(run, best=False):

@@ -38,7 +38,7 @@ class Data:
     note: str = ""  # a line for the log about what loading changed, e.g. images converted to RGB
 
 
-def _read_rgb(path):
+def read_image(path):
     """(image as (H, W, 3) uint8 RGB, whether it had to be converted), judged by the file's bytes, not its name.
 
     Grayscale, RGBA and 16-bit images are converted; a JPEG whose end marker is missing
@@ -86,7 +86,7 @@ def _read_folder_split(root, classes=None):
         labels += [label] * len(files)
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:  # OpenCV decodes without the GIL
         try:
-            images, converted = zip(*pool.map(_read_rgb, paths))
+            images, converted = zip(*pool.map(read_image, paths))
         except ValueError as e:
             raise UserError(f"error: {e}; remove or replace that file") from None
     shapes = {im.shape for im in images}

@@ -3,13 +3,16 @@
 Headless-safe: without a display matplotlib renders off-screen; a figure is
 shown on screen only in an interactive session (e.g. a notebook).
 """
+import os
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 
 def _finish(fig, path):
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path + ".tmp", dpi=120, bbox_inches="tight", format="png")
+    os.replace(path + ".tmp", path)  # a kill while saving leaves the previous figure, not half of this one
     if plt.isinteractive():
         plt.show()
     else:
@@ -40,8 +43,11 @@ def to_display(image, mean, std):
     return np.asarray(image, dtype=np.float32) / 255
 
 
-def plot_misclassified(images, true, predicted, classes, path, mean, std, ncols=5):
-    """A grid of images titled 'true -> predicted'."""
+def plot_images(images, titles, path, heat=None, suptitle="", mean=None, std=None, ncols=5):
+    """A grid of images with a title each; heat: optional (N, H, W) maps in [0, 1] drawn over them.
+
+    images: uint8 HWC as stored, or normalized CHW tensors (then pass the mean and std they were normalized with).
+    """
     n = len(images)
     nrows = max(1, -(-n // ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(2 * ncols, 2.2 * nrows), squeeze=False)
@@ -49,9 +55,18 @@ def plot_misclassified(images, true, predicted, classes, path, mean, std, ncols=
         ax.axis("off")
         if i < n:
             ax.imshow(to_display(images[i], mean, std), interpolation="nearest")
-            ax.set_title(f"{classes[true[i]]}\n-> {classes[predicted[i]]}", fontsize=9)
-    fig.suptitle("Misclassified (true -> predicted), most confident first")
+            if heat is not None:
+                ax.imshow(np.asarray(heat[i]), cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
+            ax.set_title(titles[i], fontsize=9)
+    fig.suptitle(suptitle)
     _finish(fig, path)
+
+
+def plot_misclassified(images, true, predicted, classes, path, mean, std, heat=None):
+    """A grid of images titled 'true -> predicted' (with Grad-CAM maps of the predicted class when heat is given)."""
+    titles = [f"{classes[t]}\n-> {classes[p]}" for t, p in zip(true, predicted)]
+    what = "Grad-CAM of the predicted class" if heat is not None else "most confident first"
+    plot_images(images, titles, path, heat, f"Misclassified (true -> predicted), {what}", mean, std)
 
 
 def plot_confusion(confusion, classes, path):

@@ -2,7 +2,7 @@
 python train.py --help lists every key.
 
 Writes runs/<date-time>/ (or --out-dir): config.json, history.csv, best.pt, last.pt,
-curves.png, misclassified.png, confusion.png and summary.json.
+curves.png (after every epoch), misclassified.png, gradcam.png, confusion.png and summary.json.
 """
 import contextlib
 import copy
@@ -94,7 +94,8 @@ def print_model_report(model, device):
 
 
 def save_analysis(model, loader, data, run_dir, cfg):
-    """Evaluate once on the test split; save the confusion matrix and misclassified grid.
+    """Evaluate once on the test split; save the confusion matrix and the misclassified grid, plain and with
+    Grad-CAM maps.
 
     Returns {'loss', 'acc'} (plain single view, the headline) and 'flip_acc' (flip test-time augmentation).
     """
@@ -103,8 +104,13 @@ def save_analysis(model, loader, data, run_dir, cfg):
     wrong = engine.misclassified(logits, labels, k=25)
     predicted = logits.argmax(1)
     plots.plot_confusion(confusion, data.classes, os.path.join(run_dir, "confusion.png"))
-    plots.plot_misclassified(data.test.images[wrong.numpy()], labels[wrong].tolist(), predicted[wrong].tolist(),
-                             data.classes, os.path.join(run_dir, "misclassified.png"), CIFAR10_MEAN, CIFAR10_STD)
+    images, true, guessed = data.test.images[wrong.numpy()], labels[wrong].tolist(), predicted[wrong].tolist()
+    plots.plot_misclassified(images, true, guessed, data.classes, os.path.join(run_dir, "misclassified.png"),
+                             CIFAR10_MEAN, CIFAR10_STD)
+    heat = engine.gradcam(model, test_transforms()(images), predicted[wrong]) if len(wrong) else None
+    if heat is not None:
+        plots.plot_misclassified(images, true, guessed, data.classes, os.path.join(run_dir, "gradcam.png"),
+                                 CIFAR10_MEAN, CIFAR10_STD, heat)
     per_class = engine.per_class_accuracy(confusion)
     print("per-class accuracy: " + ", ".join(f"{c} {a:.1f}%" for c, a in zip(data.classes, per_class.tolist())))
     mirror_logits, _ = engine.predict(model, loader, amp=cfg.amp, channels_last=cfg.channels_last, mirror=True)
@@ -314,6 +320,7 @@ def run_epoch(run, epoch, stop):
     if run.rank == 0:
         checkpoint.save(run, best)
         write_history_csv(progress.history, os.path.join(run.run_dir, "history.csv"))
+        plots.plot_curves(progress.history, os.path.join(run.run_dir, "curves.png"), run.data.test_name)  # to watch
     if stop.is_set() and epoch < cfg.epochs:
         raise UserError(f"\nstopped after epoch {epoch}, saved in {run.run_dir}/last.pt; {resume_hint}")
 
@@ -321,7 +328,6 @@ def run_epoch(run, epoch, stop):
 def finish(run, data, device, world):
     """Curves, the final evaluation on the whole split with its plots, and summary.json (rank 0)."""
     cfg, progress = run.cfg, run.progress
-    plots.plot_curves(progress.history, os.path.join(run.run_dir, "curves.png"), data.test_name)
     whole = eval_loader(data, cfg, device) if world > 1 else run.test_loader  # run.test_loader: this rank's share
     final = save_analysis(run.model, whole, data, run.run_dir, cfg)
     result = dict(params=count_params(run.model), receptive_field=receptive_field(run.model)[-1]["rf"],

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -119,3 +120,34 @@ def test_net_runs_under_bf16_autocast():
         out = model(x)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
     assert engine.metrics(out.float(), torch.zeros(2, dtype=torch.long))["loss"] > 0
+
+
+class _RedDetector(nn.Module):
+    """Blocks c1..c4 that pass the red and green channels through; logit k is the mean of channel k."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 2, 1, bias=False)
+        with torch.no_grad():
+            self.c1.weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])[:, :, None, None])
+        self.c2, self.c3, self.c4 = nn.Identity(), nn.Identity(), nn.Identity()
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x):
+        return self.head(self.c4(self.c3(self.c2(self.c1(x)))))
+
+
+def test_gradcam_peaks_where_the_target_logit_looks():
+    images = torch.zeros(2, 3, 32, 32)
+    images[:, 0, 2:10, 2:10] = 1.0  # red square top left: what logit 0 depends on
+    images[:, 1, 20:28, 20:28] = 1.0  # green square bottom right: logit 1's
+    cam = engine.gradcam(_RedDetector(), images, torch.tensor([0, 1]))
+    assert cam.shape == (2, 32, 32) and cam.max() == pytest.approx(1.0)
+    for i, (rows, cols) in enumerate(((slice(2, 10), slice(2, 10)), (slice(20, 28), slice(20, 28)))):
+        inside = cam[i, rows, cols]
+        assert inside.min() > 0.9 and cam[i].sum() - inside.sum() < 0.1 * inside.sum()
+
+
+def test_gradcam_needs_a_feature_map():
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    assert engine.gradcam(flat, torch.zeros(1, 3, 32, 32), torch.tensor([0])) is None

@@ -16,7 +16,7 @@ from conftest import change_epoch, eval_loader
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARTIFACTS = ["config.json", "history.csv", "best.pt", "last.pt", "curves.png", "misclassified.png",
-             "confusion.png", "summary.json"]
+             "gradcam.png", "confusion.png", "summary.json"]
 
 
 def comparable(history):
@@ -139,3 +139,13 @@ def test_model_report_leaves_batchnorm_statistics_alone(capsys):
     train.print_model_report(model, torch.device("cpu"))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert "Trainable params: " in capsys.readouterr().out
+
+
+def test_curves_are_written_after_every_epoch(tmp_path, monkeypatch):
+    def stop(model, kwargs):
+        raise KeyboardInterrupt
+
+    change_epoch(monkeypatch, 2, stop)
+    with pytest.raises(UserError, match="interrupted in epoch 2"):
+        train.main(["--dry-run", f"--out-dir={tmp_path}"])
+    assert (tmp_path / "curves.png").stat().st_size > 0 and not (tmp_path / "curves.png.tmp").exists()

@@ -1,0 +1,110 @@
+"""Classify your own images with a trained checkpoint:
+    python predict.py RUN_DIR_OR_CHECKPOINT PATH [PATH ...] [--csv=predictions.csv] [--device=auto] [--batch-size=256]
+
+A PATH is an image or a folder of images (read by their bytes, like the training data; images
+that are not 32x32 are resized). Prints the top-3 classes with their probabilities per image and
+writes a CSV: path, top-1 class, its probability, the top 3.
+"""
+import argparse
+import csv
+import os
+import sys
+
+import cv2
+import numpy as np
+import torch
+
+import checkpoint
+import engine
+from config import IMAGE_SIZE, UserError, resolve_device
+from data import IMAGE_EXTENSIONS, read_image
+from transforms import test_transforms
+
+
+def image_paths(paths):
+    """Every image path the arguments name: files as given, folders' image files (by extension) sorted."""
+    found = []
+    for path in paths:
+        if os.path.isdir(path):
+            found += sorted(os.path.join(path, f) for f in os.listdir(path)
+                            if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+        elif os.path.exists(path):
+            found.append(path)
+        else:
+            raise UserError(f"error: no file or folder {path}")
+    if not found:
+        raise UserError(f"error: no images in {', '.join(paths)}")
+    return found
+
+
+def read_images(paths):
+    """(image paths, uint8 (N, 32, 32, 3) RGB) for files and folders of images, resized to 32x32 where needed."""
+    found = image_paths(paths)
+    images = []
+    for path in found:
+        try:
+            image, _ = read_image(path)
+        except ValueError as e:
+            raise UserError(f"error: {e}; pass images only") from None
+        if image.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
+            image = cv2.resize(image, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
+        images.append(image)
+    return found, np.stack(images)
+
+
+def load_model(path, device):
+    """(model in eval mode on device, class names) from a run dir or a checkpoint of train.py."""
+    ckpt = checkpoint.load_checkpoint(path)
+    # Checkpoints from before class names were saved: number the classes (the last tensor is the output layer's)
+    classes = ckpt.get("classes") or [str(i) for i in range(next(reversed(ckpt["model"].values())).shape[0])]
+    model = engine.build_model(ckpt["config"], len(classes), device)
+    checkpoint.load_weights(model, ckpt, classes)
+    return model.eval(), classes
+
+
+@torch.no_grad()
+def probabilities(model, images, batch_size=256):
+    """Class probabilities (N, C) on the CPU for uint8 (N, H, W, 3) images, normalized as in training."""
+    device = next(model.parameters()).device
+    channels_last = next(model.parameters()).is_contiguous(memory_format=torch.channels_last)
+    batches = [engine.to_device(test_transforms()(images[i:i + batch_size]), device, channels_last)
+               for i in range(0, len(images), batch_size)]
+    return torch.cat([model(x).float().softmax(1).cpu() for x in batches])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Classify images with a checkpoint of train.py.")
+    parser.add_argument("checkpoint", help="a run dir (its last.pt) or a .pt file written by train.py")
+    parser.add_argument("paths", nargs="+", help="images, or folders of images")
+    parser.add_argument("--csv", default="predictions.csv", help="where to write the predictions")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.batch_size < 1:
+        raise UserError(f"error: --batch-size={args.batch_size} is invalid; it must be at least 1")
+    model, classes = load_model(args.checkpoint, resolve_device(args.device))
+    paths, images = read_images(args.paths)
+    top_p, top_i = probabilities(model, images, args.batch_size).topk(min(3, len(classes)), dim=1)
+    rows = []
+    for path, p, i in zip(paths, top_p.tolist(), top_i.tolist()):
+        top = [(classes[k], round(q, 4)) for k, q in zip(i, p)]
+        rows.append({"path": path, "class": top[0][0], "probability": top[0][1],
+                     "top3": " ".join(f"{c}:{q:.4f}" for c, q in top)})
+        print(f"{path}: " + ", ".join(f"{c} {100 * q:.1f}%" for c, q in top))
+    checkpoint.write_atomic(args.csv, lambda tmp: _write_csv(rows, tmp))
+    print(f"wrote {args.csv} ({len(rows)} images)")
+    return rows
+
+
+def _write_csv(rows, path):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        sys.exit(str(e))  # the one line on stderr, exit code 1
