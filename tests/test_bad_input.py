@@ -106,6 +106,17 @@ def test_a_non_finite_val_loss_stops_the_run(tmp_path, monkeypatch):
     assert one_line(e) and weights(tmp_path)["epoch"] == 0
 
 
+def test_non_finite_weights_after_an_epoch_stop_the_run(tmp_path, monkeypatch):
+    def poison(model):
+        next(b for b in model.buffers() if b.is_floating_point()).fill_(float("inf"))  # a BatchNorm mean
+
+    monkeypatch.setattr(train.engine, "average_buffers", poison)
+    monkeypatch.setattr(train.engine, "evaluate", lambda *a, **k: {"loss": 1.0, "acc": 10.0})
+    with pytest.raises(UserError, match="epoch 1: non-finite weights after the epoch") as e:
+        train.main(["--dry-run", f"--out-dir={tmp_path}"])
+    assert one_line(e) and weights(tmp_path)["epoch"] == 0
+
+
 @pytest.mark.parametrize("argv", [["--resume=a", "--evaluate=b"], ["--init-from=a", "--resume=b"],
                                   ["--evaluate=a", "--init-from=b"]])
 def test_modes_that_do_not_combine_are_refused(argv):
