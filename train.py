@@ -63,19 +63,19 @@ def new_run_dir(cfg):
     return make_out_dir(path, cfg.overwrite, f"--resume={path}, ")
 
 
+@contextlib.contextmanager
 def hold(run_dir):
-    """Lock run_dir for this process's lifetime: a second run or resume into it is refused while this one lives.
+    """Lock run_dir while the block runs: a second run or resume into it is refused meanwhile.
 
-    The lock is the OS's (flock): it goes when the process ends, however it ends. Returns the open lock file.
+    The lock is the OS's (flock) on RUN/.lock: it goes with the block, or with the process however it ends.
     """
-    handle = open(os.path.join(run_dir, ".lock"), "w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise UserError(f"error: {run_dir} is in use by another run; wait for it to end, or pick another "
-                        "--out-dir") from None
-    return handle
+    with open(os.path.join(run_dir, ".lock"), "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"error: {run_dir} is in use by another run; wait for it to end, or pick another "
+                            "--out-dir") from None
+        yield
 
 
 def print_model_report(model, device):
@@ -221,17 +221,14 @@ class Run:
     run_dir: str
     rank: int
     progress: checkpoint.Progress
-    lock: object  # rank 0's hold on run_dir (see hold), released when the process ends
 
 
 def start_run(cfg, ckpt, data, device, rank, world):
-    """The Run of this config: its dir, loaders, model and training step.
+    """The Run of this config: its dir (made, nothing written in it yet), loaders, model and training step.
 
     ckpt: the checkpoint to continue (cfg.resume) or whose weights start this run (cfg.init_from), or None.
-    A new run saves last.pt before its first step, so that even a kill in epoch 1 leaves a run to resume.
     """
     run_dir = os.path.dirname(ckpt["path"]) if cfg.resume else new_run_dir(cfg) if rank == 0 else None
-    lock = hold(run_dir) if rank == 0 else None
     if world > 1:
         box = [run_dir]
         dist.broadcast_object_list(box)  # every rank writes nothing, but must agree on where rank 0 does
@@ -252,13 +249,8 @@ def start_run(cfg, ckpt, data, device, rank, world):
     elif ckpt:
         checkpoint.load_weights(model, ckpt, data.classes)
         print(f"starting from the weights of {ckpt['path']} (epoch {ckpt['epoch']}), new optimizer and schedule")
-    run = Run(cfg, data, model, train_model, eval_model, step, train_loader,
-              eval_loader(data, cfg, device, rank, world), run_dir, rank, progress, lock)
-    if rank == 0:
-        write_json(asdict(cfg), os.path.join(run_dir, "config.json"))
-        if not cfg.resume:
-            checkpoint.save(run)
-    return run
+    return Run(cfg, data, model, train_model, eval_model, step, train_loader,
+               eval_loader(data, cfg, device, rank, world), run_dir, rank, progress)
 
 
 def held(epoch):
@@ -325,9 +317,9 @@ def run_epoch(run, epoch, stop):
         raise UserError(f"\nstopped after epoch {epoch}, saved in {run.run_dir}/last.pt; {resume_hint}")
 
 
-def finish(run, data, device, world):
-    """Curves, the final evaluation on the whole split with its plots, and summary.json (rank 0)."""
-    cfg, progress = run.cfg, run.progress
+def finish(run, device, world):
+    """The final evaluation on the whole split with its plots, and summary.json (rank 0)."""
+    cfg, progress, data = run.cfg, run.progress, run.data
     whole = eval_loader(data, cfg, device) if world > 1 else run.test_loader  # run.test_loader: this rank's share
     final = save_analysis(run.model, whole, data, run.run_dir, cfg)
     result = dict(params=count_params(run.model), receptive_field=receptive_field(run.model)[-1]["rf"],
@@ -341,6 +333,29 @@ def finish(run, data, device, world):
           f"{progress.best_epoch}; flip TTA {final['flip_acc']:.2f}%); "
           f"{result['train_seconds']:.0f}s of training; files in {run.run_dir}")
     return result
+
+
+def train_and_analyse(run, device, world):
+    """Write the run's first files, train every epoch left, then (rank 0) the final analysis."""
+    cfg = run.cfg
+    if run.rank == 0:
+        write_json(asdict(cfg), os.path.join(run.run_dir, "config.json"))
+        if not cfg.resume:  # last.pt before the first step: even a kill in epoch 1 leaves a run to resume
+            checkpoint.save(run)
+    print(f"\ntraining {cfg.epochs} epochs, {len(run.train_loader)} steps each, batch {cfg.batch_size}; "
+          f"writing {run.run_dir}")
+    with stop_on_signals() as stop:  # Ctrl-C or SIGTERM: finish the current step, save, exit
+        for epoch in range(run.progress.epoch + 1, cfg.epochs + 1):
+            run_epoch(run, epoch, stop)
+    if world > 1:
+        dist.destroy_process_group()
+    if run.rank:  # the other ranks' work ends with training; rank 0 evaluates the whole split and writes
+        return dict(history=run.progress.history, run_dir=run.run_dir)
+    try:
+        return finish(run, device, world)
+    except KeyboardInterrupt:
+        raise UserError(f"\ninterrupted in the final analysis; training finished and {run.run_dir}/last.pt holds "
+                        f"it; redo the analysis with: python train.py --evaluate={run.run_dir}") from None
 
 
 def main(argv=None):
@@ -362,21 +377,8 @@ def main(argv=None):
     rank, world, device = init_distributed(cfg, runtime(cfg))
     data = prepare(cfg, device, world)  # before anything is written: bad data leaves no trace
     run = start_run(cfg, ckpt, data, device, rank, world)
-    print(f"\ntraining {cfg.epochs} epochs, {len(run.train_loader)} steps each, batch {cfg.batch_size}; "
-          f"writing {run.run_dir}")
-    with stop_on_signals() as stop:  # Ctrl-C or SIGTERM: finish the current step, save, exit
-        for epoch in range(run.progress.epoch + 1, cfg.epochs + 1):
-            run_epoch(run, epoch, stop)
-
-    if world > 1:
-        dist.destroy_process_group()
-    if rank:  # the other ranks' work ends with training; rank 0 evaluates the whole split and writes
-        return dict(history=run.progress.history, run_dir=run.run_dir)
-    try:
-        return finish(run, data, device, world)
-    except KeyboardInterrupt:
-        raise UserError(f"\ninterrupted in the final analysis; training finished and {run.run_dir}/last.pt holds "
-                        f"it; redo the analysis with: python train.py --evaluate={run.run_dir}") from None
+    with hold(run.run_dir) if rank == 0 else contextlib.nullcontext():  # one live run per run dir
+        return train_and_analyse(run, device, world)
 
 
 if __name__ == "__main__":

@@ -51,3 +51,19 @@ def change_epoch(monkeypatch, epoch, change):
         return real(model, *args, **kwargs)
 
     monkeypatch.setattr(train.engine, "train_one_epoch", changed)
+
+
+def interrupted_run(monkeypatch, out, epoch, *argv):
+    """train.main(["--dry-run", --out-dir=out, *argv]) stopped by a second Ctrl-C inside `epoch`; returns its
+    one-line message. Undoes the test's monkeypatches after, so the real loop runs again."""
+    import train
+    from config import UserError
+
+    def interrupt(model, kwargs):
+        raise KeyboardInterrupt
+
+    change_epoch(monkeypatch, epoch, interrupt)
+    with pytest.raises(UserError, match=f"interrupted in epoch {epoch}") as e:
+        train.main(["--dry-run", f"--out-dir={out}", *argv])
+    monkeypatch.undo()
+    return str(e.value)

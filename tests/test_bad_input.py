@@ -2,6 +2,7 @@
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import torch
 import checkpoint
 import train
 from config import Config, UserError, parse_args, resolve_device
-from conftest import change_epoch, make_image_folder
+from conftest import change_epoch, interrupted_run, make_image_folder
 from data import load_data, load_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,14 +45,9 @@ def finished(tmp_path_factory):
 # --- a failure in epoch 1 is not a dead end -------------------------------------------------------------------
 
 def test_a_new_run_saves_its_initial_weights_before_the_first_step(tmp_path, monkeypatch):
-    def crash(model, kwargs):
-        raise KeyboardInterrupt  # a second Ctrl-C inside epoch 1
-
-    change_epoch(monkeypatch, 1, crash)
-    with pytest.raises(UserError, match="interrupted in epoch 1; .* holds the initial weights; continue with"):
-        train.main(["--dry-run", f"--out-dir={tmp_path}"])
+    message = interrupted_run(monkeypatch, tmp_path, 1)
+    assert re.search("holds the initial weights; continue with: python train.py --resume=", message)
     assert weights(tmp_path)["epoch"] == 0 and not list(tmp_path.glob("*.tmp"))
-    monkeypatch.undo()
     resumed = train.main(["--dry-run", f"--resume={tmp_path}"])
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
 
@@ -273,12 +269,8 @@ def test_init_from_trains_a_whole_new_run(finished, tmp_path):
 
 
 def test_init_from_loads_exactly_the_checkpoints_weights(finished, tmp_path, monkeypatch):
-    def stop(model, kwargs):
-        raise KeyboardInterrupt
-
-    change_epoch(monkeypatch, 1, stop)
-    with pytest.raises(UserError, match="holds the initial weights"):
-        train.main(["--dry-run", f"--init-from={finished['run_dir']}", f"--out-dir={tmp_path}"])
+    assert "holds the initial weights" in interrupted_run(monkeypatch, tmp_path, 1,
+                                                          f"--init-from={finished['run_dir']}")
     start = weights(tmp_path)
     assert same_weights(start["model"], weights(finished["run_dir"])["model"])
     assert start["optimizer"]["state"] == {} and start["epoch"] == 0  # a new optimizer and schedule
@@ -304,13 +296,7 @@ def test_ctrl_c_during_the_final_analysis_keeps_the_run_and_names_evaluate(tmp_p
 def test_a_second_run_into_a_run_dir_in_use_is_refused(tmp_path, monkeypatch):
     import fcntl
 
-    def stop(model, kwargs):
-        raise KeyboardInterrupt
-
-    change_epoch(monkeypatch, 2, stop)
-    with pytest.raises(UserError, match="interrupted in epoch 2"):
-        train.main(["--dry-run", f"--out-dir={tmp_path}"])
-    monkeypatch.undo()
+    interrupted_run(monkeypatch, tmp_path, 2)
     with open(tmp_path / ".lock", "w") as held:  # what a live run into tmp_path holds
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         for argv in ([f"--resume={tmp_path}"], ["--dry-run", f"--out-dir={tmp_path}", "--overwrite"]):

@@ -12,7 +12,7 @@ from config import Config, UserError
 from data import Data, Split
 from model import Net
 import transforms as T
-from conftest import change_epoch, eval_loader
+from conftest import change_epoch, eval_loader, interrupted_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARTIFACTS = ["config.json", "history.csv", "best.pt", "last.pt", "curves.png", "misclassified.png",
@@ -142,10 +142,5 @@ def test_model_report_leaves_batchnorm_statistics_alone(capsys):
 
 
 def test_curves_are_written_after_every_epoch(tmp_path, monkeypatch):
-    def stop(model, kwargs):
-        raise KeyboardInterrupt
-
-    change_epoch(monkeypatch, 2, stop)
-    with pytest.raises(UserError, match="interrupted in epoch 2"):
-        train.main(["--dry-run", f"--out-dir={tmp_path}"])
+    interrupted_run(monkeypatch, tmp_path, 2)
     assert (tmp_path / "curves.png").stat().st_size > 0 and not (tmp_path / "curves.png.tmp").exists()
