@@ -242,9 +242,10 @@ def test_resuming_a_finished_run_says_there_is_nothing_left(finished):
     assert one_line(e)
 
 
-def test_evaluate_writes_summary_json_refuses_to_overwrite_and_takes_best_pt(finished, tmp_path):
+def test_evaluate_writes_summary_json_refuses_to_overwrite_and_takes_best_pt(finished, tmp_path, capsys):
     run = finished["run_dir"]
     first = train.main([f"--evaluate={run}", f"--out-dir={tmp_path / 'e'}"])
+    assert f"evaluating {run}/last.pt (epoch 2)" in capsys.readouterr().out
     saved = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert saved["test_acc"] == first["test_acc"] == finished["final_test_acc"] and saved["epoch"] == 2
     with pytest.raises(UserError, match="already holds files") as e:
