@@ -70,6 +70,11 @@ def _visible(entries):
     return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
 
 
+def image_files(folder):
+    """Paths of the image files in folder (by extension, hidden ones skipped), sorted by name."""
+    return [f.path for f in _visible(os.scandir(folder)) if f.name.lower().endswith(IMAGE_EXTENSIONS)]
+
+
 def _read_folder_split(root, classes=None):
     """(Split, class names, how many images were converted) of root/<class>/*."""
     found = [d.name for d in _visible(os.scandir(root)) if d.is_dir()]
@@ -78,8 +83,7 @@ def _read_folder_split(root, classes=None):
         raise UserError(f"error: {root} has classes {found}, but train/ has {list(classes)}; the splits must match")
     paths, labels = [], []
     for label, name in enumerate(classes):
-        files = [f.path for f in _visible(os.scandir(os.path.join(root, name)))
-                 if f.name.lower().endswith(IMAGE_EXTENSIONS)]
+        files = image_files(os.path.join(root, name))
         if not files:
             raise UserError(f"error: class folder {os.path.join(root, name)} has no images")
         paths += files

@@ -17,7 +17,7 @@ import torch
 import checkpoint
 import engine
 from config import IMAGE_SIZE, UserError, resolve_device
-from data import IMAGE_EXTENSIONS, read_image
+from data import image_files, read_image
 from transforms import test_transforms
 
 
@@ -26,8 +26,7 @@ def image_paths(paths):
     found = []
     for path in paths:
         if os.path.isdir(path):
-            found += sorted(os.path.join(path, f) for f in os.listdir(path)
-                            if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+            found += image_files(path)
         elif os.path.exists(path):
             found.append(path)
         else:
