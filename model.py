@@ -6,6 +6,7 @@ field, and global average pooling feeds one linear classifier. DilatedNet is the
 same blocks with no stride: unpadded dilated convs shrink the maps instead.
 SeedNet is the reference solution's network, kept as a baseline to compare with.
 """
+import torch
 from torch import nn
 
 
@@ -209,3 +210,19 @@ def architecture_rules(model):
         ("dilated conv", sum(m.dilation != (1, 1) for m in convs), any(m.dilation != (1, 1) for m in convs)),
         ("global average pooling", has(nn.AdaptiveAvgPool2d), has(nn.AdaptiveAvgPool2d)),
     ]
+
+
+def multiply_adds(model, image_size=32):
+    """Multiply-adds per image of the model's convs and linear layers, forward pass (what sets its arithmetic)."""
+    total = []
+    hooks = [m.register_forward_hook(lambda m, i, o: total.append(o[0].numel() * m.weight[0].numel()))
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return sum(total)

@@ -6,11 +6,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-import torch
-from torch import nn
 
 from config import parse_args
-from model import MODELS, count_params, receptive_field
+from model import MODELS, count_params, multiply_adds, receptive_field
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -89,22 +87,11 @@ def test_experiment_links_point_at_sections():
     assert links and set(links) <= anchors
 
 
-def multiply_adds(net):
-    """Multiply-adds per 32x32 image of the convs and linear layers."""
-    total = []
-    hooks = [m.register_forward_hook(lambda m, i, o: total.append(o[0].numel() * m.weight[0].numel()))
-             for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    net.eval()(torch.zeros(1, 3, 32, 32))
-    for h in hooks:
-        h.remove()
-    return sum(total) / 1e6
-
-
 def test_the_readme_model_figures_are_the_code_s():
     for name in ("net", "dilated", "seed"):
         net = MODELS[name]()
         assert f"{count_params(net):,}" in README, name
     assert f"receptive field {receptive_field(MODELS['net']())[-1]['rf']}" in README
     assert f"field {receptive_field(MODELS['dilated']())[-1]['rf']}" in README
-    macs = {name: f"{multiply_adds(MODELS[name]()):.1f}" for name in ("net", "dilated")}
+    macs = {name: f"{multiply_adds(MODELS[name]()) / 1e6:.1f}" for name in ("net", "dilated")}
     assert f"{macs['dilated']} MMACs per image against `Net`'s {macs['net']}" in README
