@@ -20,8 +20,6 @@ Warm-up steps are not timed, CUDA is synchronized before every clock read, and e
 """
 import argparse
 import json
-import os
-import platform
 import resource
 import shlex
 import statistics
@@ -32,28 +30,10 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 import engine
-from config import Config, UserError, parse_args, runtime
+from config import Config, UserError, host, parse_args, runtime
 from data import load_data, make_loader, synthetic, worker_count
 from model import multiply_adds
 from transforms import train_transforms
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
-def cpu_features():
-    """The vector and matrix instruction sets that decide CPU speed here (Linux only; empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        return []
-    return [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
 
 
 def clock(device):
@@ -167,9 +147,7 @@ def main(argv=None):
     flops = {"train": 6 * macs, "eval": 2 * macs, "epoch": 6 * macs}  # a training step: forward + 2x backward
     sizes = {"data": len(data.train.labels), "train": len(data.train.labels), "eval": len(data.test.labels),
              "epoch": len(data.train.labels)}
-    result = dict(device=str(device), gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                  cpu=f"{cpu_name()}, {os.cpu_count()} cores", cpu_features=cpu_features(),
-                  threads=torch.get_num_threads(), torch=torch.__version__, steps=args.steps, repeats=args.repeats,
+    result = dict(device=str(device), **host(device), steps=args.steps, repeats=args.repeats,
                   epochs=args.epochs, data=data.source if not cfg.dry_run else "synthetic 45,000",
                   mmacs_per_image=macs / 1e6, **peak, settings={})
     for s in settings:
@@ -189,7 +167,8 @@ def main(argv=None):
 
 
 def print_table(result):
-    print(f"\n{result['cpu']} ({' '.join(result['cpu_features']) or 'no AVX2'}), {result['threads']} threads, "
+    print(f"\n{result['gpu'] or result['cpu']} ({result['cores']} cores: {' '.join(result['cpu_features']) or 'no AVX2'}), "
+          f"{result['threads']} threads, "
           f"torch {result['torch']}; {result['mmacs_per_image']:.1f} MMACs per image forward")
     for name, s in result["settings"].items():
         print(f"\n{name}: {s['options'] or 'the defaults'} (batch {s['batch_size']}, {s['workers']} workers; "

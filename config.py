@@ -7,6 +7,8 @@ An unknown key or a value of the wrong type is a one-line error.
 import argparse
 import inspect
 import math
+import os
+import platform
 import re
 import sys
 from dataclasses import dataclass, fields
@@ -187,3 +189,18 @@ def runtime(cfg):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     return device
+
+
+def host(device):
+    """What the run's speed depends on: CPU model, cores, vector/matrix instructions, threads, torch, GPU."""
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:  # Linux; elsewhere only the platform's name is known
+            info = {k.strip(): v for k, v in (line.split(":", 1) for line in f if ":" in line)}
+        cpu, flags = info["model name"].strip(), set(info["flags"].split())
+    except (OSError, KeyError):
+        pass
+    return dict(cpu=cpu, cores=os.cpu_count(), cpu_features=[f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+                                                              if f in flags],
+                threads=torch.get_num_threads(), torch=torch.__version__,
+                gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None)

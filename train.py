@@ -5,7 +5,6 @@ Writes runs/<date-time>/ (or --out-dir): config.json, history.csv, best.pt, last
 curves.png (after every epoch), misclassified.png, gradcam.png, confusion.png and summary.json.
 """
 import contextlib
-import copy
 import fcntl
 import math
 import os
@@ -21,16 +20,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torchsummary import summary
 
 import checkpoint
 import engine
 import plots
+import report
 from checkpoint import write_history_csv, write_json
-from config import IMAGE_SIZE, Config, UserError, parse_args, runtime
+from config import Config, UserError, host, parse_args, runtime
 from data import Data, epoch_seed, load_data, make_loader, outermost_missing, worker_count
-from model import architecture_rules, count_params, receptive_field
-from transforms import CIFAR10_MEAN, CIFAR10_STD, test_transforms, train_transforms
+from model import count_params, receptive_field
+from transforms import test_transforms, train_transforms
 
 
 def seed_everything(seed):
@@ -76,46 +75,6 @@ def hold(run_dir):
             raise UserError(f"error: {run_dir} is in use by another run; wait for it to end, or pick another "
                             "--out-dir") from None
         yield
-
-
-def print_model_report(model, device):
-    """torchsummary table, parameter count, receptive-field table and the assignment's rules."""
-    probe = copy.deepcopy(model)  # torchsummary runs a train-mode batch, which would move BN statistics
-    if device.type not in ("cpu", "cuda"):  # torchsummary knows only these two
-        probe = probe.cpu()
-    summary(probe, (3, IMAGE_SIZE, IMAGE_SIZE), device=next(probe.parameters()).device.type)
-    print(f"trainable parameters: {count_params(model):,}")
-    print(f"\n{'layer':24} {'k':>2} {'s':>2} {'d':>2} {'jump':>5} {'RF':>4}")
-    for r in receptive_field(model):
-        print(f"{r['layer']:24} {r['kernel']:>2} {r['stride']:>2} {r['dilation']:>2} {r['jump']:>5} {r['rf']:>4}")
-    print(f"\n{'rule':36} {'value':>14}  result")
-    for rule, value, ok in architecture_rules(model):
-        print(f"{rule:36} {str(value):>14}  {'pass' if ok else 'FAIL'}")
-
-
-def save_analysis(model, loader, data, run_dir, cfg):
-    """Evaluate once on the test split; save the confusion matrix and the misclassified grid, plain and with
-    Grad-CAM maps.
-
-    Returns {'loss', 'acc'} (plain single view, the headline) and 'flip_acc' (flip test-time augmentation).
-    """
-    logits, labels = engine.predict(model, loader, amp=cfg.amp, channels_last=cfg.channels_last)
-    confusion = engine.confusion_matrix(logits, labels, len(data.classes))
-    wrong = engine.misclassified(logits, labels, k=25)
-    predicted = logits.argmax(1)
-    plots.plot_confusion(confusion, data.classes, os.path.join(run_dir, "confusion.png"))
-    images, true, guessed = data.test.images[wrong.numpy()], labels[wrong].tolist(), predicted[wrong].tolist()
-    plots.plot_misclassified(images, true, guessed, data.classes, os.path.join(run_dir, "misclassified.png"),
-                             CIFAR10_MEAN, CIFAR10_STD)
-    heat = engine.gradcam(model, test_transforms()(images), predicted[wrong]) if len(wrong) else None
-    if heat is not None:
-        plots.plot_misclassified(images, true, guessed, data.classes, os.path.join(run_dir, "gradcam.png"),
-                                 CIFAR10_MEAN, CIFAR10_STD, heat)
-    per_class = engine.per_class_accuracy(confusion)
-    print("per-class accuracy: " + ", ".join(f"{c} {a:.1f}%" for c, a in zip(data.classes, per_class.tolist())))
-    mirror_logits, _ = engine.predict(model, loader, amp=cfg.amp, channels_last=cfg.channels_last, mirror=True)
-    flip_acc = engine.metrics((logits + mirror_logits) / 2, labels)["acc"]  # flip TTA: mean logits of image and mirror
-    return dict(engine.metrics(logits, labels), flip_acc=flip_acc)
 
 
 def init_distributed(cfg, device):
@@ -176,7 +135,7 @@ def evaluate_checkpoint(argv, path):
     print(f"evaluating {ckpt['path']} (epoch {ckpt['epoch']})" + (
         f"; the best val accuracy was at epoch {best}: evaluate {os.path.dirname(ckpt['path'])}/best.pt for that one"
         if name == "last" and best != ckpt["epoch"] else ""))
-    result = save_analysis(model, eval_loader(data, cfg, device), data, out_dir, cfg)
+    result = report.save_analysis(model, eval_loader(data, cfg, device), data, out_dir, cfg)
     summary = {"checkpoint": ckpt["path"], "epoch": ckpt["epoch"], "test_split": data.test_name,
                "test_loss": result["loss"], "test_acc": result["acc"], "test_acc_flip_tta": result["flip_acc"],
                "data": data.source, "out_dir": out_dir}
@@ -235,7 +194,7 @@ def start_run(cfg, ckpt, data, device, rank, world):
         run_dir = box[0]
     train_loader = make_loader(data.train, train_transforms(cfg), cfg, device, train=True, rank=rank, world=world)
     model = engine.build_model(cfg, len(data.classes), device)
-    print_model_report(model, device)
+    report.print_model_report(model, device)
     if world > 1 and cfg.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state_dict keys as plain BatchNorm
     eval_model = torch.compile(model) if cfg.compile else model  # same weights; `model` is what gets saved
@@ -321,12 +280,12 @@ def finish(run, device, world):
     """The final evaluation on the whole split with its plots, and summary.json (rank 0)."""
     cfg, progress, data = run.cfg, run.progress, run.data
     whole = eval_loader(data, cfg, device) if world > 1 else run.test_loader  # run.test_loader: this rank's share
-    final = save_analysis(run.model, whole, data, run.run_dir, cfg)
+    final = report.save_analysis(run.model, whole, data, run.run_dir, cfg)
     result = dict(params=count_params(run.model), receptive_field=receptive_field(run.model)[-1]["rf"],
                   best_test_acc=progress.best_acc, best_epoch=progress.best_epoch, final_test_acc=final["acc"],
                   final_test_loss=final["loss"], final_test_acc_flip_tta=final["flip_acc"], epochs=cfg.epochs,
                   train_seconds=sum(h["seconds"] for h in progress.history), test_split=data.test_name,
-                  data=data.source, device=str(device), processes=world, run_dir=run.run_dir,
+                  data=data.source, device=str(device), host=host(device), processes=world, run_dir=run.run_dir,
                   history=progress.history)
     write_json(result, os.path.join(run.run_dir, "summary.json"))
     print(f"\nfinal {data.test_name} acc {final['acc']:.2f}% (best {progress.best_acc:.2f}% at epoch "

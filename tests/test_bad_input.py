@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import checkpoint
+import report
 import train
 from config import Config, UserError, parse_args, resolve_device
 from conftest import change_epoch, interrupted_run, make_image_folder
@@ -288,7 +289,7 @@ def test_ctrl_c_during_the_final_analysis_keeps_the_run_and_names_evaluate(tmp_p
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "save_analysis", interrupted)
+    monkeypatch.setattr(report, "save_analysis", interrupted)
     with pytest.raises(UserError, match=f"interrupted in the final analysis.*--evaluate={tmp_path}"):
         train.main(["--dry-run", f"--out-dir={tmp_path}"])
     assert weights(tmp_path)["epoch"] == 2

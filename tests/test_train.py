@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import report
 import train
 from config import Config, UserError
 from data import Data, Split
@@ -38,6 +39,7 @@ def test_dry_run_writes_every_artifact(dry_run):
                 "final_test_acc_flip_tta", "epochs", "train_seconds", "history"):
         assert key in summary, key
     assert 0 <= summary["final_test_acc_flip_tta"] <= 100
+    assert summary["host"]["cpu"] and summary["host"]["threads"] >= 1 and summary["host"]["torch"] == torch.__version__
     assert summary["params"] < 200_000 and summary["receptive_field"] > 44
     assert [h["epoch"] for h in summary["history"]] == [1, 2]
     assert set(summary["history"][0]) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
@@ -89,7 +91,7 @@ def test_flip_tta_scores_the_mean_logits_of_each_image_and_its_mirror(tmp_path):
     split = Split(images, labels)
     loader = eval_loader(split, batch_size=16)
     data = Data(split, split, tuple(map(str, range(10))), "synthetic", "val")
-    result = train.save_analysis(model, loader, data, str(tmp_path), Config())
+    result = report.save_analysis(model, loader, data, str(tmp_path), Config())
     assert result["flip_acc"] == 100 and result["acc"] == pytest.approx(100 * plain_right) and plain_right < 1
 
 
@@ -136,7 +138,7 @@ def test_command_line_dry_run(tmp_path):
 def test_model_report_leaves_batchnorm_statistics_alone(capsys):
     model = Net()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    train.print_model_report(model, torch.device("cpu"))
+    report.print_model_report(model, torch.device("cpu"))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert "Trainable params: " in capsys.readouterr().out
 
