@@ -95,3 +95,20 @@ def test_the_readme_model_figures_are_the_code_s():
     assert f"field {receptive_field(MODELS['dilated']())[-1]['rf']}" in README
     macs = {name: f"{multiply_adds(MODELS[name]()) / 1e6:.1f}" for name in ("net", "dilated")}
     assert f"{macs['dilated']} MMACs per image against `Net`'s {macs['net']}" in README
+
+
+def test_the_speed_table_is_its_benchmark_record():
+    lines = README.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| setting | epoch"))
+    rows = [line for line in lines[start + 2:start + 4]]
+    record = json.loads((ROOT / "results" / "bench-cpu" / "benchmark.json").read_text())
+    assert f'--against="{record["settings"]["B"]["options"].split(" ", 1)[1]}"' in README
+    for row, name in zip(rows, ("A", "B")):
+        setting = record["settings"][name]
+        epoch, gflops, warmup = (numbers(cell)[0] for cell in row.strip("|").split("|")[1:4])
+        assert epoch == pytest.approx(setting["seconds_per_pass"]["epoch"], abs=0.05)
+        assert gflops == pytest.approx(setting["gflops"]["epoch"], abs=0.05)
+        assert warmup == pytest.approx(setting["warmup_seconds"], abs=0.05)
+    head = "\n".join(lines[:10])
+    assert f"{record['settings']['A']['seconds_per_pass']['epoch']:.0f} s" in head
+    assert f"{record['settings']['B']['seconds_per_pass']['epoch']:.0f} s compiled" in head
