@@ -51,18 +51,22 @@ class Setting:
     model: torch.nn.Module  # compiled when cfg.compile
     step: engine.TrainStep
     batch: tuple
+    macs: int  # multiply-adds per image, forward, of this setting's model
     data_iter: object = None  # the running iterator of `loader` for the data stage
 
 
-def build(name, cfg, data, device, steps):
-    """A Setting; its TrainStep's schedule lasts `steps`, so the LR never runs out while timing."""
+def build(name, cfg, data, device, args):
+    """A Setting; its TrainStep's schedule is sized from the steps the benchmark takes at this setting's batch
+    size (warm-up, rounds, epochs), so the LR never runs out while timing."""
     loader = make_loader(data.train, train_transforms(cfg), cfg, device, train=True)
     plain = engine.build_model(cfg, len(data.classes), device)
     images, labels = next(iter(make_loader(data.train, train_transforms(cfg), replace(cfg, workers=0), device,
                                            train=True)))
     batch = (engine.to_device(images, device, cfg.channels_last), labels.to(device))
+    steps = 3 + args.steps * args.repeats + args.epochs * len(loader)
     step = engine.make_step(cfg, plain, steps, len(data.classes))
-    return Setting(name, cfg, loader, torch.compile(plain) if cfg.compile else plain, step, batch)
+    return Setting(name, cfg, loader, torch.compile(plain) if cfg.compile else plain, step, batch,
+                   multiply_adds(plain))
 
 
 def stages(s, device, steps):
@@ -134,8 +138,7 @@ def main(argv=None):
     device = runtime(cfg)
     # --dry-run needs no data: a CIFAR-10-sized synthetic training split
     data = synthetic(n_train=45_000, n_test=10_000, seed=cfg.seed) if cfg.dry_run else load_data(cfg)
-    steps = 3 + args.steps * args.repeats + args.epochs * (len(data.train.labels) // cfg.batch_size + 1)
-    settings = [build(name, c, data, device, steps) for name, c in configs.items()]
+    settings = [build(name, c, data, device, args) for name, c in configs.items()]
     warm = {s.name: warm_up(s, device) for s in settings}
     rates = measure(settings, device, args)
     if device.type == "cuda":
@@ -143,18 +146,18 @@ def main(argv=None):
     else:  # ru_maxrss is KiB on Linux: the whole process (every setting), data included
         peak = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
-    macs = multiply_adds(engine.build_model(cfg, len(data.classes), torch.device("cpu")))  # per image
-    flops = {"train": 6 * macs, "eval": 2 * macs, "epoch": 6 * macs}  # a training step: forward + 2x backward
     sizes = {"data": len(data.train.labels), "train": len(data.train.labels), "eval": len(data.test.labels),
              "epoch": len(data.train.labels)}
     result = dict(device=str(device), **host(device), steps=args.steps, repeats=args.repeats,
                   epochs=args.epochs, data=data.source if not cfg.dry_run else "synthetic 45,000",
-                  mmacs_per_image=macs / 1e6, **peak, settings={})
+                  **peak, settings={})
     for s in settings:
         r = rates[s.name]
+        flops = {"train": 6 * s.macs, "eval": 2 * s.macs, "epoch": 6 * s.macs}  # training: forward + 2x backward
         result["settings"][s.name] = dict(
             options=" ".join(rest + (shlex.split(args.against) if s.name == "B" else [])),
-            workers=worker_count(s.cfg, device), batch_size=s.cfg.batch_size, warmup_seconds=warm[s.name],
+            workers=worker_count(s.cfg, device), batch_size=s.cfg.batch_size, mmacs_per_image=s.macs / 1e6,
+            warmup_seconds=warm[s.name],
             images_per_s=r, seconds_per_pass={k: sizes[k] / v for k, v in r.items()},
             gflops={k: flops[k] * v / 1e9 for k, v in r.items() if k in flops}, config=asdict(s.cfg))
     if "B" in rates and "epoch" in rates["A"]:
@@ -168,11 +171,10 @@ def main(argv=None):
 
 def print_table(result):
     print(f"\n{result['gpu'] or result['cpu']} ({result['cores']} cores: {' '.join(result['cpu_features']) or 'no AVX2'}), "
-          f"{result['threads']} threads, "
-          f"torch {result['torch']}; {result['mmacs_per_image']:.1f} MMACs per image forward")
+          f"{result['threads']} threads, torch {result['torch']}")
     for name, s in result["settings"].items():
-        print(f"\n{name}: {s['options'] or 'the defaults'} (batch {s['batch_size']}, {s['workers']} workers; "
-              f"warm-up {s['warmup_seconds']:.1f} s)")
+        print(f"\n{name}: {s['options'] or 'the defaults'} (batch {s['batch_size']}, {s['workers']} workers, "
+              f"{s['mmacs_per_image']:.1f} MMACs per image forward; warm-up {s['warmup_seconds']:.1f} s)")
         print(f"{'stage':8} {'images/s':>10} {'s/pass':>8} {'GFLOP/s':>8}")
         for stage, rate in s["images_per_s"].items():
             gflops = s["gflops"].get(stage)

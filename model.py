@@ -78,7 +78,7 @@ class Net(FourStages):
         super().__init__()
         c1, c2, c3, c4 = widths
         # A residual block at full resolution costs few weights (separable) but many multiply-adds; it pays in
-        # accuracy per epoch (docs/experiments.md, Net architecture), which depthwise weights at 16x16 did not.
+        # accuracy per epoch (docs/experiments.md, Net architecture with Muon), which depthwise weights at 16x16 did not.
         self.c1 = nn.Sequential(ConvBN(3, c1), Residual(SeparableConv(c1, c1), SeparableConv(c1, c1)))  # 32x32
         self.c2 = nn.Sequential(  # 32x32 -> 16x16
             ConvBN(c1, c2, stride=2),

@@ -55,8 +55,9 @@ def launch(options, out_dir, workers):
     command = [sys.executable, "train.py", *options, f"--out-dir={out_dir}", "--overwrite"]
     if not any(o.startswith("--workers") for o in options):
         command.append(f"--workers={workers}")
-    log = open(out_dir + ".log", "w")
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=os.path.dirname(os.path.abspath(__file__)))
+    with open(out_dir + ".log", "w") as log:  # the child keeps its own handle on it
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=os.path.dirname(os.path.abspath(__file__)))
 
 
 def wait_all(processes, deadline):
@@ -127,8 +128,10 @@ def main(argv=None):
             source = os.path.join(args.out, "runs", name, file)
             if os.path.exists(source):
                 shutil.copy(source, kept)
-        summary_path = os.path.join(kept, "summary.json")
-        summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {}
+        summary = {}
+        if os.path.exists(os.path.join(kept, "summary.json")):
+            with open(os.path.join(kept, "summary.json")) as f:
+                summary = json.load(f)
         rows.append(dict(name=name, options=" ".join(options), epochs_requested=configs[name].epochs,
                          epochs_planned=planned[name], probe_epoch_seconds=s,
                          final_acc=summary.get("final_test_acc"), best_acc=summary.get("best_test_acc"),

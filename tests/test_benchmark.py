@@ -5,7 +5,7 @@ import pytest
 import benchmark
 import data
 from config import UserError
-from model import Net, multiply_adds
+from model import Net, SeedNet, multiply_adds
 
 
 def test_benchmark_runs_and_writes_its_table(tmp_path, capsys):
@@ -48,3 +48,14 @@ def test_multiply_adds_counts_convs_and_linear_layers():
 def test_bad_benchmark_options_are_one_line():
     with pytest.raises(UserError, match="--steps and --repeats"):
         benchmark.main(["--dry-run", "--steps=0"])
+
+
+def test_each_setting_counts_its_own_model_and_schedule(tmp_path, monkeypatch):
+    # GFLOP/s of B come from B's own model, not A's
+    monkeypatch.setattr(benchmark, "synthetic", lambda **kw: data.synthetic(n_train=96, n_test=32))
+    result = benchmark.main(["--dry-run", "--steps=1", "--repeats=1", "--epochs=2", f"--json={tmp_path / 'b.json'}",
+                             "--batch-size=32", "--workers=0", "--against=--batch-size=16 --model=seed"])
+    a, b = result["settings"]["A"], result["settings"]["B"]
+    assert a["mmacs_per_image"] == pytest.approx(multiply_adds(Net()) / 1e6)
+    assert b["mmacs_per_image"] == pytest.approx(multiply_adds(SeedNet()) / 1e6)
+    assert b["gflops"]["train"] == pytest.approx(6 * multiply_adds(SeedNet()) * b["images_per_s"]["train"] / 1e9)
