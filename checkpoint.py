@@ -8,12 +8,13 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import torch
 
 from config import Config, UserError, flag, parse_args
-from engine import Position
+from engine import Position, final_model
 from model import MODELS
 
-# The optimizer and its schedule are built from these and restored from the checkpoint as they were, so a
-# changed value would be ignored (or, for epochs and batch_size, break the schedule): refused on resume.
-FIXED_ON_RESUME = ("epochs", "batch_size", "lr", "muon_lr", "warmup", "momentum", "weight_decay")
+# The optimizer, its schedule and the weight average are built from these and restored from the checkpoint as
+# they were, so a changed value would be ignored (or, for epochs and batch_size, break the schedule): refused on
+# resume.
+FIXED_ON_RESUME = ("epochs", "batch_size", "lr", "muon_lr", "warmup", "momentum", "weight_decay", "ema")
 
 
 @dataclass
@@ -45,12 +46,19 @@ def write_atomic(path, write):
 
 def save(run, best=False):
     """last.pt (and best.pt when best) in run.run_dir: weights, optimizer, schedule, scaler, progress, config and
-    class names of a train.Run."""
-    state = dict(model=run.model.state_dict(), optimizer=run.step.optimizer.state_dict(),
+    class names of a train.Run.
+
+    "model" holds the weights the run evaluates (final_model): with a weight average, the average, which is
+    what --evaluate, --init-from and predict.py read; the trained weights then go in "trained" to resume from.
+    """
+    final = final_model(run.model, run.step)
+    state = dict(model=final.state_dict(), optimizer=run.step.optimizer.state_dict(),
                  scheduler=run.step.scheduler.state_dict(), scaler=run.step.scaler.state_dict(),
                  epoch=run.progress.epoch, history=run.progress.history, best_acc=run.progress.best_acc,
                  best_epoch=run.progress.best_epoch, classes=list(run.data.classes), config=asdict(run.cfg),
                  position=asdict(run.progress.position) if run.progress.position else None)
+    if final is not run.model:
+        state.update(trained=run.model.state_dict(), ema_steps=int(run.step.ema.n_averaged))
     for name in ("last.pt", "best.pt") if best else ("last.pt",):
         write_atomic(os.path.join(run.run_dir, name), lambda tmp: torch.save(state, tmp))
 
@@ -127,8 +135,12 @@ def _names(classes):
 
 
 def restore(ckpt, model, step, classes):
-    """Load a checkpoint into the model and the TrainStep; returns its Progress."""
+    """Load a checkpoint into the model and the TrainStep (its weight average too); returns its Progress."""
     load_weights(model, ckpt, classes)
+    if "trained" in ckpt:  # "model" holds the average (FIXED_ON_RESUME keeps step.ema on)
+        step.ema.module.load_state_dict(ckpt["model"])
+        step.ema.n_averaged.fill_(ckpt["ema_steps"])
+        model.load_state_dict(ckpt["trained"])
     try:
         step.optimizer.load_state_dict(ckpt["optimizer"])
     except ValueError as e:  # other parameter groups: a checkpoint of an older train.py

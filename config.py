@@ -44,6 +44,7 @@ class Config:
     weight_decay: float = 5e-4  # L2 on the SGD-trained conv/linear weights; BatchNorm, biases and Muon's filters get none
     muon_lr: float = 0.02  # Muon on full and pointwise conv filters: peak step as a fraction of their norm (0: SGD for them too)
     label_smoothing: float = 0.1  # cross-entropy target smoothing for training (evaluation uses plain CE)
+    ema: float = 0.0  # decay per step of a weight average (EMA) evaluated, saved and analysed instead (0: off)
     # model
     model: str = "net"  # net (Net: 3x3 stride-2 convs), dilated (DilatedNet: no stride) or seed (the reference, 97k)
     dropout: float = 0.0  # dropout before the classifier
@@ -140,6 +141,7 @@ def check(cfg):
         ("weight_decay", cfg.weight_decay >= 0, "0 or more"),
         ("muon_lr", cfg.muon_lr >= 0, "0 (off) or more"),
         ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),
+        ("ema", 0 <= cfg.ema < 1, "0 (off) or a decay in (0, 1)"),
         ("model", cfg.model in MODELS, " or ".join(MODELS)),
         ("dropout", 0 <= cfg.dropout < 1, "in [0, 1)"),
         ("shift_limit", 0 <= cfg.shift_limit <= 1, "in [0, 1]"),

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from model import MODELS
@@ -74,7 +75,8 @@ class TrainStep:
 
     The loss is cross-entropy with label smoothing, on CutMixed soft targets with
     probability cutmix_p. The scaler is enabled only for fp16 autocast; disabled, it
-    passes the loss and the optimizer step through unchanged.
+    passes the loss and the optimizer step through unchanged. An ema, when given,
+    averages the weights and BatchNorm statistics after every step.
     """
     optimizer: torch.optim.Optimizer
     scheduler: object = None  # stepped after every optimizer step, or None
@@ -84,6 +86,7 @@ class TrainStep:
     amp: bool = False  # autocast on CUDA
     channels_last: bool = False  # the layout batches are given to the model in
     scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cuda", enabled=False))
+    ema: AveragedModel = None  # the running average of the model, or None
 
     def __call__(self, model, images, labels):
         """Forward, backward and update on one batch (on the model's device). Returns (loss, logits, labels):
@@ -105,6 +108,8 @@ class TrainStep:
         self.scaler.update()
         if self.scheduler is not None:
             self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(model)
         return loss, logits, labels
 
 
@@ -113,8 +118,17 @@ def make_step(cfg, model, steps_per_epoch, num_classes):
     device = next(model.parameters()).device
     optimizer, scheduler = make_optimizer(cfg, model, steps_per_epoch)
     fp16 = cfg.amp and device.type == "cuda" and amp_dtype(device) == torch.float16
+    # BatchNorm statistics are averaged too (use_buffers): the average gets the statistics of its own weights'
+    # era, not those of the last step's.
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
     return TrainStep(optimizer, scheduler, cfg.label_smoothing, cfg.cutmix_p, num_classes, cfg.amp,
-                     cfg.channels_last, torch.amp.GradScaler("cuda", enabled=fp16))
+                     cfg.channels_last, torch.amp.GradScaler("cuda", enabled=fp16), ema)
+
+
+def final_model(model, step):
+    """The weights a run evaluates, saves as its model and analyses: step's average once it has taken a step,
+    else the trained model itself."""
+    return step.ema.module if step.ema is not None and step.ema.n_averaged > 0 else model
 
 
 @dataclass

@@ -247,8 +247,11 @@ def run_epoch(run, epoch, stop):
             raise UserError(f"\nstopped in epoch {epoch} after step {progress.position.step}, saved in "
                             f"{run.run_dir}/last.pt; {resume_hint}")
         t0 = time.perf_counter()
-        engine.average_buffers(run.model)
-        test = engine.evaluate(run.eval_model, run.test_loader, amp=cfg.amp, channels_last=cfg.channels_last)
+        final = engine.final_model(run.model, run.step)
+        for model in {run.model, final}:
+            engine.average_buffers(model)
+        test = engine.evaluate(run.eval_model if final is run.model else final, run.test_loader, amp=cfg.amp,
+                               channels_last=cfg.channels_last)
         if not math.isfinite(test["loss"]):
             raise FloatingPointError(f"non-finite {run.data.test_name} loss ({test['loss']})")
         if not all(t.isfinite().all() for t in run.model.state_dict().values() if t.is_floating_point()):
@@ -280,7 +283,7 @@ def finish(run, device, world):
     """The final evaluation on the whole split with its plots, and summary.json (rank 0)."""
     cfg, progress, data = run.cfg, run.progress, run.data
     whole = eval_loader(data, cfg, device) if world > 1 else run.test_loader  # run.test_loader: this rank's share
-    final = report.save_analysis(run.model, whole, data, run.run_dir, cfg)
+    final = report.save_analysis(engine.final_model(run.model, run.step), whole, data, run.run_dir, cfg)
     result = dict(params=count_params(run.model), receptive_field=receptive_field(run.model)[-1]["rf"],
                   best_test_acc=progress.best_acc, best_epoch=progress.best_epoch, final_test_acc=final["acc"],
                   final_test_loss=final["loss"], final_test_acc_flip_tta=final["flip_acc"], epochs=cfg.epochs,

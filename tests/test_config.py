@@ -33,6 +33,7 @@ def test_help_lists_every_field_with_default_and_comment(capsys):
     (["--weight-decay=-0.1"], "--weight-decay"),
     (["--flip-p=-0.5"], "--flip-p"),
     (["--model=resnet"], "--model"),
+    (["--ema=1"], "--ema"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_key(argv, words):
     with pytest.raises(UserError) as e:

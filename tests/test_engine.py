@@ -102,6 +102,26 @@ def test_train_loss_is_mean_per_sample():
     assert math.isclose(result["loss"], engine.evaluate(model, batches)["loss"], rel_tol=1e-5)
 
 
+def test_the_weight_average_is_an_ema_of_every_step_s_weights_and_batchnorm_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 30 * 30, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9),
+                                              use_buffers=True)
+    step = engine.TrainStep(optimizer, ema=ema)
+    assert engine.final_model(model, step) is model  # nothing averaged yet
+    expected = None
+    for i in range(3):
+        step(model, torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
+        now = [t.detach().clone() for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()]
+        expected = now if expected is None else [0.9 * e + 0.1 * t for e, t in zip(expected, now)]
+    final = engine.final_model(model, step)
+    assert final is ema.module and int(ema.n_averaged) == 3
+    averaged = [t for t in [*final.parameters(), *final.buffers()] if t.is_floating_point()]
+    assert all(torch.allclose(a, e, atol=1e-6) for a, e in zip(averaged, expected))
+    assert not torch.allclose(averaged[0], now[0])  # the average lags the weights
+
+
 def test_fp16_loss_scaling_path_trains():
     """The CUDA fp16 path (GradScaler) run on the CPU: same step, loss goes down."""
     torch.manual_seed(0)

@@ -72,6 +72,23 @@ def test_resume_continues_a_stopped_run_exactly(dry_run, tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_weight_average_run_saves_the_average_and_resumes_exactly(tmp_path, monkeypatch):
+    full = train.main(["--dry-run", "--ema=0.9", f"--out-dir={tmp_path}/full"])
+    ckpt = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    assert ckpt["ema_steps"] > 0 and not torch.equal(ckpt["model"]["c1.0.0.weight"], ckpt["trained"]["c1.0.0.weight"])
+    assert train.main([f"--evaluate={tmp_path}/full"])["test_acc"] == full["final_test_acc"]  # the average's
+
+    out = tmp_path / "stopped"
+    interrupted_run(monkeypatch, out, 2, "--ema=0.9")
+    resumed = train.main(["--dry-run", f"--resume={out}"])
+    assert comparable(resumed["history"]) == comparable(full["history"])
+    a = torch.load(out / "last.pt", weights_only=True)
+    for key in ("model", "trained"):
+        assert all(torch.equal(a[key][k], ckpt[key][k]) for k in ckpt[key]), key
+    with pytest.raises(UserError, match="--ema"):
+        train.main(["--dry-run", f"--resume={out}", "--ema=0.99"])
+
+
 def test_evaluate_reproduces_the_final_accuracy(dry_run):
     out, result = dry_run
     evaluated = train.main([f"--evaluate={out}"])
