@@ -111,7 +111,7 @@ def test_the_weight_average_is_an_ema_of_every_step_s_weights_and_batchnorm_stat
     step = engine.TrainStep(optimizer, ema=ema)
     assert engine.final_model(model, step) is model  # nothing averaged yet
     expected = None
-    for i in range(3):
+    for _ in range(3):
         step(model, torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
         now = [t.detach().clone() for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()]
         expected = now if expected is None else [0.9 * e + 0.1 * t for e, t in zip(expected, now)]
