@@ -136,9 +136,9 @@ def _names(classes):
 
 def restore(ckpt, model, step, classes):
     """Load a checkpoint into the model and the TrainStep (its weight average too); returns its Progress."""
-    load_weights(model, ckpt, classes)
-    if "trained" in ckpt:  # "model" holds the average (FIXED_ON_RESUME keeps step.ema on)
-        step.ema.module.load_state_dict(ckpt["model"])
+    averaged = "trained" in ckpt  # then "model" holds the average (FIXED_ON_RESUME keeps step.ema on)
+    load_weights(step.ema.module if averaged else model, ckpt, classes)
+    if averaged:
         step.ema.n_averaged.fill_(ckpt["ema_steps"])
         model.load_state_dict(ckpt["trained"])
     try:
