@@ -48,7 +48,6 @@ class Config:
     # model
     model: str = "net"  # net (Net: 3x3 stride-2 convs), dilated (DilatedNet: no stride) or seed (the reference, 97k)
     dropout: float = 0.0  # dropout before the classifier
-    whiten: bool = False  # first conv: fixed filters that whiten 3x3 patches of training images (not trained)
     # augmentation (Albumentations, per image, uint8)
     flip_p: float = 0.5  # probability of a horizontal flip
     shift_limit: float = 0.0625  # max shift as a fraction of the image side

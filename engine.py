@@ -15,26 +15,15 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from model import MODELS, whiten_
+from model import MODELS
 from optim import make_optimizer
-from transforms import cutmix, test_transforms
+from transforms import cutmix
 
 
 def build_model(cfg, num_classes, device):
     """cfg.model's network on the device, in the memory layout cfg asks for."""
     model = MODELS[cfg.model](num_classes=num_classes, dropout=cfg.dropout)
-    if cfg.whiten:  # frozen here, so a resumed run's optimizer sees the same parameters; whiten() sets them
-        first_conv(model).weight.requires_grad_(False)
     return model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
-
-
-def first_conv(model):
-    return next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-
-
-def whiten(model, images, n=1024):
-    """Set the model's first conv to whiten patches of n images spread over `images` ((N, H, W, 3) uint8)."""
-    whiten_(first_conv(model), test_transforms()(images[::max(1, len(images) // n)][:n]))
 
 
 def amp_dtype(device):

@@ -162,24 +162,6 @@ class SeedNet(FourStages):
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout))
 
 
-def whiten_(conv, images, eps=5e-4):
-    """Set conv's filters to a fixed whitening of its k x k input patches, from sample images (B, C, H, W).
-
-    Filter pairs are the top principal directions of the patches, + and -, each scaled by
-    1/sqrt(its variance): the first layer starts with decorrelated outputs of equal scale
-    instead of random ones (airbench's whitening layer). The filters are frozen.
-    """
-    c_out, c_in, k, _ = conv.weight.shape
-    if c_out % 2 or c_out // 2 > c_in * k * k:
-        raise ValueError(f"whitening needs an even number of filters, at most {2 * c_in * k * k}; got {c_out}")
-    patches = images.unfold(2, k, 1).unfold(3, k, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, c_in * k * k)
-    variances, directions = torch.linalg.eigh(torch.cov(patches.T.double()))  # ascending
-    top = directions.T.flip(0)[:c_out // 2] / (variances.flip(0)[:c_out // 2, None] + eps).sqrt()
-    with torch.no_grad():
-        conv.weight.copy_(torch.cat([top, -top]).view_as(conv.weight))
-    conv.weight.requires_grad_(False)
-
-
 MODELS = {"net": Net, "dilated": DilatedNet, "seed": SeedNet}  # names for config.model
 
 

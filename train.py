@@ -194,8 +194,6 @@ def start_run(cfg, ckpt, data, device, rank, world):
         run_dir = box[0]
     train_loader = make_loader(data.train, train_transforms(cfg), cfg, device, train=True, rank=rank, world=world)
     model = engine.build_model(cfg, len(data.classes), device)
-    if cfg.whiten and not ckpt:  # a checkpoint brings its own filters
-        engine.whiten(model, data.train.images)
     report.print_model_report(model, device)
     if world > 1 and cfg.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state_dict keys as plain BatchNorm

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-import engine
 import report
 import train
 from config import Config, UserError
-from data import Data, Split, synthetic
+from data import Data, Split
 from model import Net
 import transforms as T
 from conftest import change_epoch, eval_loader, interrupted_run
@@ -88,21 +87,6 @@ def test_a_weight_average_run_saves_the_average_and_resumes_exactly(tmp_path, mo
         assert all(torch.equal(a[key][k], ckpt[key][k]) for k in ckpt[key]), key
     with pytest.raises(UserError, match="--ema"):
         train.main(["--dry-run", f"--resume={out}", "--ema=0.99"])
-
-
-def test_a_whitened_run_keeps_its_first_filters_and_resumes_exactly(tmp_path, monkeypatch):
-    full = train.main(["--dry-run", "--whiten", f"--out-dir={tmp_path}/full"])
-    first = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]["c1.0.0.weight"]
-    whitened = Net()
-    engine.whiten(whitened, synthetic().train.images)  # the dry run's data
-    assert torch.allclose(first, whitened.c1[0][0].weight)  # set from the data, then never trained
-    assert full["params"] == 199_706 - first.numel()  # trainable parameters only
-    out = tmp_path / "stopped"
-    interrupted_run(monkeypatch, out, 2, "--whiten")
-    assert torch.equal(torch.load(out / "last.pt", weights_only=True)["model"]["c1.0.0.weight"], first)
-    resumed = train.main(["--dry-run", f"--resume={out}"])
-    assert comparable(resumed["history"]) == comparable(full["history"])
-    assert torch.equal(torch.load(out / "last.pt", weights_only=True)["model"]["c1.0.0.weight"], first)
 
 
 def test_evaluate_reproduces_the_final_accuracy(dry_run):
