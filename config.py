@@ -49,6 +49,7 @@ class Config:
     model: str = "net"  # net (Net: 3x3 stride-2 convs), dilated (DilatedNet: no stride) or seed (the reference, 97k)
     dropout: float = 0.0  # dropout before the classifier
     # augmentation (Albumentations, per image, uint8)
+    translate: int = 0  # random shift by up to this many pixels: reflect-pad, then a random 32x32 crop (0: off)
     flip_p: float = 0.5  # probability of a horizontal flip
     shift_limit: float = 0.0625  # max shift as a fraction of the image side
     scale_limit: float = 0.1  # max relative zoom in or out
@@ -144,6 +145,7 @@ def check(cfg):
         ("ema", 0 <= cfg.ema < 1, "0 (off) or a decay in (0, 1)"),
         ("model", cfg.model in MODELS, " or ".join(MODELS)),
         ("dropout", 0 <= cfg.dropout < 1, "in [0, 1)"),
+        ("translate", 0 <= cfg.translate <= IMAGE_SIZE // 2, f"between 0 (off) and {IMAGE_SIZE // 2} pixels"),
         ("shift_limit", 0 <= cfg.shift_limit <= 1, "in [0, 1]"),
         ("scale_limit", 0 <= cfg.scale_limit < 1, "in [0, 1)"),
         ("rotate_limit", 0 <= cfg.rotate_limit <= 180, "in [0, 180] degrees"),

@@ -13,6 +13,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
+from config import IMAGE_SIZE  # noqa: E402
+
 
 # CIFAR-10 training-set statistics per RGB channel, on the 0-1 scale, for Normalize. The std is
 # the dataset's pixel std, not the often-copied (0.2023, 0.1994, 0.2010), which
@@ -52,7 +54,11 @@ class Pipeline:
 
 def train_transforms(cfg, mean=CIFAR10_MEAN, std=CIFAR10_STD):
     """The training augmentation of a Config (its flip_p, shift/scale/rotate, hole and seed fields)."""
+    pad = IMAGE_SIZE + 2 * cfg.translate
+    translate = [A.PadIfNeeded(pad, pad, border_mode=cv2.BORDER_REFLECT_101),
+                 A.RandomCrop(IMAGE_SIZE, IMAGE_SIZE)] if cfg.translate > 0 else []
     per_image = A.Compose([
+        *translate,
         A.HorizontalFlip(p=cfg.flip_p),
         # Exactly ShiftScaleRotate(shift_limit, scale_limit, rotate_limit) as Albumentations 2.x
         # defines it, written as the Affine it wraps (ShiftScaleRotate itself warns as deprecated).

@@ -26,6 +26,7 @@ def test_help_lists_every_field_with_default_and_comment(capsys):
     (["--amp=maybe"], "--amp"),
     (["--epochs=0"], "--epochs"),
     (["--hole-size=40"], "--hole-size"),
+    (["--translate=-1"], "--translate"),
     (["--cutmix-p=1.5"], "--cutmix-p"),
     (["--batch-size=-1"], "--batch-size"),
     (["--workers=-2"], "--workers"),

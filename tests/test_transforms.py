@@ -96,3 +96,18 @@ def test_cutmix_off_gives_one_hot():
     mixed, targets = T.cutmix(images, labels, num_classes=10, p=0.0)
     assert torch.equal(mixed, images)
     assert torch.equal(targets.argmax(1), labels) and torch.equal(targets.sum(1), torch.ones(4))
+
+
+def test_translate_shifts_by_at_most_its_pixels_with_reflected_borders():
+    cfg = replace(Config(), translate=2, flip_p=0.0, affine_p=0.0, hole_p=0.0)
+    transform, plain = T.train_transforms(cfg), T.test_transforms()
+    image = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    padded = plain(np.pad(image, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect"))[0]  # (3, 36, 36)
+    shifts = set()
+    for _ in range(40):
+        out = transform(image)[0]
+        found = [(dy, dx) for dy in range(5) for dx in range(5)
+                 if torch.allclose(out, padded[:, dy:dy + 32, dx:dx + 32], atol=1e-5)]
+        assert len(found) == 1
+        shifts.add(found[0])
+    assert len(shifts) > 5  # the offsets vary from image to image
