@@ -42,14 +42,14 @@ class Config:
     warmup: float = 0.2  # fraction of all steps spent warming the LR up from lr/25 to lr
     momentum: float = 0.95  # Nesterov momentum (SGD and Muon) at the start and end; one-cycle lowers it by 0.1 while the LR peaks
     weight_decay: float = 5e-4  # L2 on the SGD-trained conv/linear weights; BatchNorm, biases and Muon's filters get none
-    muon_lr: float = 0.02  # Muon on full and pointwise conv filters: peak step as a fraction of their norm (0: SGD for them too)
+    muon_lr: float = 0.03  # Muon on full and pointwise conv filters: peak step as a fraction of their norm (0: SGD for them too)
     label_smoothing: float = 0.1  # cross-entropy target smoothing for training (evaluation uses plain CE)
     ema: float = 0.0  # decay per step of a weight average (EMA) evaluated, saved and analysed instead (0: off)
     # model
     model: str = "net"  # net (Net: 3x3 stride-2 convs), dilated (DilatedNet: no stride) or seed (the reference, 97k)
     dropout: float = 0.0  # dropout before the classifier
     # augmentation (Albumentations, per image, uint8)
-    translate: int = 0  # random shift by up to this many pixels: reflect-pad, then a random 32x32 crop (0: off)
+    translate: int = 2  # random shift by up to this many pixels: reflect-pad, then a random 32x32 crop (0: off)
     flip_p: float = 0.5  # probability of a horizontal flip
     shift_limit: float = 0.0625  # max shift as a fraction of the image side
     scale_limit: float = 0.1  # max relative zoom in or out

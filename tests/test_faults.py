@@ -151,7 +151,7 @@ def test_changing_epochs_on_resume_is_refused(uninterrupted):
         train.main([f"--resume={uninterrupted['run_dir']}", "--epochs=5"])
 
 
-@pytest.mark.parametrize("flag, planned", [("--muon-lr=0", "--muon-lr=0.02"), ("--lr=0.1", "--lr=0.05"),
+@pytest.mark.parametrize("flag, planned", [("--muon-lr=0", "--muon-lr=0.03"), ("--lr=0.1", "--lr=0.05"),
                                            ("--batch-size=16", "--batch-size=32")])
 def test_changing_the_optimizer_on_resume_is_refused(uninterrupted, flag, planned):
     with pytest.raises(UserError, match=f"planned with {planned} and its optimizer") as e:

@@ -8,7 +8,7 @@ from config import Config
 import transforms as T
 from transforms import CIFAR10_MEAN, CIFAR10_STD
 
-ONLY_HOLE = replace(Config(), flip_p=0.0, affine_p=0.0, hole_p=1.0)
+ONLY_HOLE = replace(Config(), translate=0, flip_p=0.0, affine_p=0.0, hole_p=1.0)
 
 
 def normalized(value):
@@ -45,7 +45,7 @@ def test_hole_size_follows_config():
 
 
 def test_horizontal_flip():
-    cfg = replace(Config(), flip_p=1.0, affine_p=0.0, hole_p=0.0)
+    cfg = replace(Config(), translate=0, flip_p=1.0, affine_p=0.0, hole_p=0.0)
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     flipped = T.train_transforms(cfg)(images)
     expected = T.test_transforms()(images[:, :, ::-1].copy())
@@ -72,7 +72,7 @@ def test_batch_normalize_equals_albumentations_per_image():
 
 
 def test_affine_moves_pixels_and_keeps_shape():
-    cfg = replace(Config(), flip_p=0.0, affine_p=1.0, hole_p=0.0)
+    cfg = replace(Config(), translate=0, flip_p=0.0, affine_p=1.0, hole_p=0.0)
     images = np.random.default_rng(2).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     out = T.train_transforms(cfg)(images)
     assert out.shape == (2, 3, 32, 32)
