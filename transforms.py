@@ -53,7 +53,8 @@ class Pipeline:
 
 
 def train_transforms(cfg, mean=CIFAR10_MEAN, std=CIFAR10_STD):
-    """The training augmentation of a Config (its flip_p, shift/scale/rotate, hole and seed fields)."""
+    """The training augmentation of a Config (its translate, flip_p, shift/scale/rotate, hole and seed fields)."""
+    # A shift of a few pixels on every image; reflected borders add no flat edges that the Affine's fill would.
     pad = IMAGE_SIZE + 2 * cfg.translate
     translate = [A.PadIfNeeded(pad, pad, border_mode=cv2.BORDER_REFLECT_101),
                  A.RandomCrop(IMAGE_SIZE, IMAGE_SIZE)] if cfg.translate > 0 else []
