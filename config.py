@@ -11,7 +11,8 @@ import os
 import platform
 import re
 import sys
-from dataclasses import dataclass, fields
+import typing
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
@@ -27,6 +28,22 @@ class UserError(Exception):
     (train.py and benchmark.py run as scripts) turn it into that line on stderr
     and exit code 1.
     """
+
+
+def recipe(epochs):
+    """The regularization of a run of `epochs` epochs: the values of the Config fields left None.
+
+    A longer run fits the training set further, so it gets more augmentation: these
+    grow linearly from the 15-epoch values to the 30-epoch ones and stay there, the
+    longest schedule they were measured at (docs/experiments.md, "Regularization
+    against schedule length").
+    """
+    t = min(max((epochs - 15) / 15, 0.0), 1.0)  # 0 up to 15 epochs, 1 from 30
+
+    def grow(short, long):
+        return short + t * (long - short)
+
+    return dict(translate=round(grow(2, 4)), affine_p=0.25, hole_p=0.25, cutmix_p=0.1)
 
 
 @dataclass
@@ -48,16 +65,16 @@ class Config:
     # model
     model: str = "net"  # net (Net: 3x3 stride-2 convs), dilated (DilatedNet: no stride) or seed (the reference, 97k)
     dropout: float = 0.0  # dropout before the classifier
-    # augmentation (Albumentations, per image, uint8)
-    translate: int = 2  # random shift by up to this many pixels: reflect-pad, then a random 32x32 crop (0: off)
+    # augmentation (Albumentations, per image, uint8); None: the value recipe(epochs) gives this run's length
+    translate: int | None = None  # random shift by up to this many pixels: reflect-pad, then a random 32x32 crop (0: off)
     flip_p: float = 0.5  # probability of a horizontal flip
     shift_limit: float = 0.0625  # max shift as a fraction of the image side
     scale_limit: float = 0.1  # max relative zoom in or out
     rotate_limit: float = 15.0  # max rotation in degrees
-    affine_p: float = 0.25  # probability of the shift/scale/rotate transform
+    affine_p: float | None = None  # probability of the shift/scale/rotate transform
     hole_size: int = 16  # CoarseDropout: side of the single square hole, in pixels (filled with the dataset mean)
-    hole_p: float = 0.25  # probability of the hole
-    cutmix_p: float = 0.0  # probability that a training batch is CutMixed (0: off)
+    hole_p: float | None = None  # probability of the hole
+    cutmix_p: float | None = None  # probability that a training batch is CutMixed (0: off)
     # run
     seed: int = 0  # seeds weights, data order and augmentation
     device: str = "auto"  # auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu
@@ -72,6 +89,12 @@ class Config:
     init_from: str = ""  # run dir or checkpoint whose weights start a new run (new optimizer and schedule)
     evaluate: str = ""  # run dir or checkpoint to evaluate on the test split (no training)
     dry_run: bool = False  # whole program on a tiny synthetic dataset, a few steps, no data needed
+
+    def __post_init__(self):
+        """Fill the fields left None from recipe(epochs): Config(epochs=60) gets the 60-epoch regularization."""
+        for name, value in recipe(self.epochs).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
 
 
 def _comments():
@@ -92,10 +115,26 @@ def _parse_bool(text):
 _parse_bool.__name__ = "bool"  # so argparse says "invalid bool value"
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):
+        """A field left None shows where its value comes from, and the value at the default 15 epochs."""
+        name = action.dest
+        if action.default is None and name in recipe(Config.epochs):
+            return f"{action.help} (default: recipe(epochs) in config.py; {recipe(Config.epochs)[name]} at " \
+                   f"{Config.epochs} epochs)"
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         """One line, no usage block: the message already names the key."""
         raise UserError(f"error: {message} (see python train.py --help)")
+
+
+def _value_type(annotation):
+    """float for `float`, and for `float | None` (a field recipe() fills)."""
+    return next(t for t in typing.get_args(annotation) if t is not type(None)) if typing.get_args(annotation) \
+        else annotation
 
 
 def flag(name):
@@ -106,19 +145,21 @@ def flag(name):
 def parse_args(argv=None, base=None):
     """Config from command-line overrides such as ['--epochs=30', '--lr', '0.05'].
 
-    Fields not given keep their value in `base` (default: Config()).
+    Fields not given keep their value in `base`; without one, their defaults, where those
+    left None follow recipe(epochs) of the epochs given.
     """
-    base = base or Config()
+    defaults = asdict(base) if base else {f.name: f.default for f in fields(Config)}
     help_text = _comments()
     parser = _Parser(description="Train a small CNN on CIFAR-10. Every option is a Config field.", allow_abbrev=False,
-                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                     formatter_class=_Help)
     for f in fields(Config):
         if f.type is bool:  # `--dry-run` alone means true; `--amp=false` turns a default off
-            parser.add_argument(flag(f.name), type=_parse_bool, nargs="?", const=True, default=getattr(base, f.name),
+            parser.add_argument(flag(f.name), type=_parse_bool, nargs="?", const=True, default=defaults[f.name],
                                 help=help_text[f.name], metavar="BOOL")
         else:
-            parser.add_argument(flag(f.name), type=f.type, default=getattr(base, f.name), help=help_text[f.name],
-                                metavar=f.type.__name__.upper())
+            kind = _value_type(f.type)
+            parser.add_argument(flag(f.name), type=kind, default=defaults[f.name], help=help_text[f.name],
+                                metavar=kind.__name__.upper())
     argv = sys.argv[1:] if argv is None else list(argv)
     # Accept --data_dir as well as --data-dir.
     argv = [re.sub(r"^--(\w+)", lambda m: flag(m[1]), a) for a in argv]
@@ -130,7 +171,7 @@ def parse_args(argv=None, base=None):
 def check(cfg):
     """Raise UserError naming the first field whose value cannot work."""
     rules = [(f.name, math.isfinite(getattr(cfg, f.name)), "a finite number") for f in fields(Config)
-             if f.type is float] + [
+             if _value_type(f.type) is float] + [
         ("data_dir", cfg.data_dir != "", "a folder"),
         ("epochs", cfg.epochs >= 1, "at least 1"),
         ("batch_size", cfg.batch_size >= 1, "at least 1"),

@@ -1,12 +1,25 @@
 import pytest
 
-from config import Config, UserError, parse_args, resolve_device
+from config import Config, UserError, parse_args, recipe, resolve_device
 
 
 def test_defaults_and_overrides_in_both_forms():
     assert parse_args([]) == Config()
     cfg = parse_args(["--epochs=30", "--lr", "0.05", "--data_dir=/x", "--dry-run", "--amp=false"])
     assert (cfg.epochs, cfg.lr, cfg.data_dir, cfg.dry_run, cfg.amp) == (30, 0.05, "/x", True, False)
+
+
+def test_epochs_alone_select_the_recipe_and_given_flags_win():
+    for epochs in (1, 15, 22, 30, 60, 200):
+        expected = recipe(epochs)
+        assert {k: getattr(parse_args([f"--epochs={epochs}"]), k) for k in expected} == expected
+        assert {k: getattr(Config(epochs=epochs), k) for k in expected} == expected
+        # The required augmentations stay on in every recipe.
+        assert min(expected["affine_p"], expected["hole_p"], expected["cutmix_p"], Config().flip_p) > 0
+    assert recipe(30) != recipe(15)
+    assert parse_args(["--epochs=30", "--cutmix-p=0", "--translate=1"]).cutmix_p == 0
+    assert parse_args(["--epochs=30", "--translate=1"]).translate == 1
+    assert parse_args(["--epochs=30"], base=Config()).cutmix_p == Config().cutmix_p  # a saved run keeps its own
 
 
 def test_help_lists_every_field_with_default_and_comment(capsys):
@@ -17,6 +30,7 @@ def test_help_lists_every_field_with_default_and_comment(capsys):
     for field in Config.__dataclass_fields__:
         assert "--" + field.replace("_", "-") in text
     assert "passes over the training split (default: 15)" in text
+    assert f"CutMixed (0: off) (default: recipe(epochs) in config.py; {recipe(15)['cutmix_p']} at 15 epochs)" in text
 
 
 @pytest.mark.parametrize("argv, words", [
