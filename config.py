@@ -66,7 +66,7 @@ class Config:
     model: str = "net"  # net (Net: 3x3 stride-2 convs), dilated (DilatedNet: no stride) or seed (the reference, 97k)
     dropout: float = 0.0  # dropout before the classifier
     # augmentation (Albumentations, per image, uint8); None: the value recipe(epochs) gives this run's length
-    translate: int | None = None  # random shift by up to this many pixels: reflect-pad, then a random 32x32 crop (0: off)
+    translate: int | None = None  # random shift by up to this many pixels: reflect-pad, then random 32x32 crop (0: off)
     flip_p: float = 0.5  # probability of a horizontal flip
     shift_limit: float = 0.0625  # max shift as a fraction of the image side
     scale_limit: float = 0.1  # max relative zoom in or out
@@ -132,9 +132,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _value_type(annotation):
-    """float for `float`, and for `float | None` (a field recipe() fills)."""
-    return next(t for t in typing.get_args(annotation) if t is not type(None)) if typing.get_args(annotation) \
-        else annotation
+    """The type a field's text parses to: float for `float` and for `float | None` (a field recipe() fills)."""
+    kinds = [t for t in typing.get_args(annotation) if t is not type(None)]
+    return kinds[0] if kinds else annotation
 
 
 def flag(name):
