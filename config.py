@@ -118,9 +118,9 @@ _parse_bool.__name__ = "bool"  # so argparse says "invalid bool value"
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action):
         """A field left None shows where its value comes from, and the value at the default 15 epochs."""
-        name = action.dest
-        if action.default is None and name in recipe(Config.epochs):
-            return f"{action.help} (default: recipe(epochs) in config.py; {recipe(Config.epochs)[name]} at " \
+        default_run = recipe(Config.epochs)
+        if action.default is None and action.dest in default_run:
+            return f"{action.help} (default: recipe(epochs) in config.py; {default_run[action.dest]} at " \
                    f"{Config.epochs} epochs)"
         return super()._get_help_string(action)
 
