@@ -36,14 +36,17 @@ def recipe(epochs):
     A longer run fits the training set further, so it gets more augmentation: these
     grow linearly from the 15-epoch values to the 30-epoch ones and stay there, the
     longest schedule they were measured at (docs/experiments.md, "Regularization
-    against schedule length").
+    against schedule length"). CutMix starts on a fifth of the batches and falls to
+    none by the last step: as many mixed batches as a steady tenth, but the low-LR
+    end of the schedule, where the net settles, sees whole images
+    (docs/experiments.md, "CutMix").
     """
     t = min(max((epochs - 15) / 15, 0.0), 1.0)  # 0 up to 15 epochs, 1 from 30
 
     def grow(short, long):
         return short + t * (long - short)
 
-    return dict(translate=round(grow(2, 4)), affine_p=0.25, hole_p=0.25, cutmix_p=0.1)
+    return dict(translate=round(grow(2, 4)), affine_p=0.25, hole_p=0.25, cutmix_p=0.2, cutmix_decay=1.0)
 
 
 @dataclass
@@ -75,6 +78,7 @@ class Config:
     hole_size: int = 16  # CoarseDropout: side of the single square hole, in pixels (filled with the dataset mean)
     hole_p: float | None = None  # probability of the hole
     cutmix_p: float | None = None  # probability that a training batch is CutMixed (0: off)
+    cutmix_decay: float | None = None  # CutMix's probability falls linearly by this fraction of cutmix_p over the run (1: to 0)
     # run
     seed: int = 0  # seeds weights, data order and augmentation
     device: str = "auto"  # auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu
@@ -191,6 +195,7 @@ def check(cfg):
         ("scale_limit", 0 <= cfg.scale_limit < 1, "in [0, 1)"),
         ("rotate_limit", 0 <= cfg.rotate_limit <= 180, "in [0, 180] degrees"),
         ("hole_size", 1 <= cfg.hole_size <= IMAGE_SIZE, f"between 1 and the image side, {IMAGE_SIZE}"),
+        ("cutmix_decay", 0 <= cfg.cutmix_decay <= 1, "in [0, 1]"),
         ("seed", 0 <= cfg.seed < 2**32, "between 0 and 2**32 - 1"),
     ] + [(p, 0 <= getattr(cfg, p) <= 1, "a probability in [0, 1]")
          for p in ("flip_p", "affine_p", "hole_p", "cutmix_p")]

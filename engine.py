@@ -74,7 +74,7 @@ class TrainStep:
     """One training step of the recipe: built once per run (make_step), called on every batch.
 
     The loss is cross-entropy with label smoothing, on CutMixed soft targets with
-    probability cutmix_p. The scaler is enabled only for fp16 autocast; disabled, it
+    probability cutmix_p, falling by the fraction cutmix_decay of it over the scheduler's steps. The scaler is enabled only for fp16 autocast; disabled, it
     passes the loss and the optimizer step through unchanged. An ema, when given,
     averages the weights and BatchNorm statistics after every step.
     """
@@ -82,6 +82,7 @@ class TrainStep:
     scheduler: object = None  # stepped after every optimizer step, or None
     label_smoothing: float = 0.0
     cutmix_p: float = 0.0
+    cutmix_decay: float = 0.0
     num_classes: int = 10
     amp: bool = False  # autocast on CUDA
     channels_last: bool = False  # the layout batches are given to the model in
@@ -95,7 +96,7 @@ class TrainStep:
         images, labels = to_device(images, device, self.channels_last), labels.to(device, non_blocking=True)
         targets = labels
         if self.cutmix_p > 0:
-            images, targets = cutmix(images, labels, self.num_classes, self.cutmix_p)
+            images, targets = cutmix(images, labels, self.num_classes, self.cutmix_prob())
             labels = targets.argmax(1)
         with autocast(device, self.amp):
             logits = model(images)
@@ -112,6 +113,13 @@ class TrainStep:
             self.ema.update_parameters(model)
         return loss, logits, labels
 
+    def cutmix_prob(self):
+        """This step's CutMix probability: cutmix_p, less cutmix_decay of it in proportion to the steps taken."""
+        if self.scheduler is None:
+            return self.cutmix_p
+        done = self.scheduler.last_epoch / self.scheduler.total_steps
+        return self.cutmix_p * (1 - self.cutmix_decay * done)
+
 
 def make_step(cfg, model, steps_per_epoch, num_classes):
     """The TrainStep of cfg's recipe for this model: optimizer, LR schedule, loss, mixed precision."""
@@ -121,7 +129,7 @@ def make_step(cfg, model, steps_per_epoch, num_classes):
     # BatchNorm statistics are averaged too (use_buffers): the average gets the statistics of its own weights'
     # era, not those of the last step's.
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
-    return TrainStep(optimizer, scheduler, cfg.label_smoothing, cfg.cutmix_p, num_classes, cfg.amp,
+    return TrainStep(optimizer, scheduler, cfg.label_smoothing, cfg.cutmix_p, cfg.cutmix_decay, num_classes, cfg.amp,
                      cfg.channels_last, torch.amp.GradScaler("cuda", enabled=fp16), ema)
 
 

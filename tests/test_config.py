@@ -42,6 +42,7 @@ def test_help_lists_every_field_with_default_and_comment(capsys):
     (["--hole-size=40"], "--hole-size"),
     (["--translate=-1"], "--translate"),
     (["--cutmix-p=1.5"], "--cutmix-p"),
+    (["--cutmix-decay=2"], "--cutmix-decay"),
     (["--batch-size=-1"], "--batch-size"),
     (["--workers=-2"], "--workers"),
     (["--lr=0"], "--lr"),
