@@ -78,7 +78,7 @@ class Config:
     hole_size: int = 16  # CoarseDropout: side of the single square hole, in pixels (filled with the dataset mean)
     hole_p: float | None = None  # probability of the hole
     cutmix_p: float | None = None  # probability that a training batch is CutMixed (0: off)
-    cutmix_decay: float | None = None  # CutMix's probability falls linearly by this fraction of cutmix_p over the run (1: to 0)
+    cutmix_decay: float | None = None  # fraction of cutmix_p shed linearly over the run (1: none at the end)
     # run
     seed: int = 0  # seeds weights, data order and augmentation
     device: str = "auto"  # auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu

@@ -74,7 +74,8 @@ class TrainStep:
     """One training step of the recipe: built once per run (make_step), called on every batch.
 
     The loss is cross-entropy with label smoothing, on CutMixed soft targets with
-    probability cutmix_p, falling by the fraction cutmix_decay of it over the scheduler's steps. The scaler is enabled only for fp16 autocast; disabled, it
+    probability cutmix_p, falling by the fraction cutmix_decay of it over the
+    scheduler's steps. The scaler is enabled only for fp16 autocast; disabled, it
     passes the loss and the optimizer step through unchanged. An ema, when given,
     averages the weights and BatchNorm statistics after every step.
     """
