@@ -46,7 +46,7 @@ def recipe(epochs):
     def grow(short, long):
         return short + t * (long - short)
 
-    return dict(translate=round(grow(2, 4)), affine_p=0.25, hole_p=0.25, cutmix_p=0.2, cutmix_decay=1.0)
+    return dict(translate=round(grow(2, 4)), affine_p=0.25, hole_p=0.25, aug_decay=0.0, cutmix_p=0.2, cutmix_decay=1.0)
 
 
 @dataclass
@@ -77,6 +77,7 @@ class Config:
     affine_p: float | None = None  # probability of the shift/scale/rotate transform
     hole_size: int = 16  # CoarseDropout: side of the single square hole, in pixels (filled with the dataset mean)
     hole_p: float | None = None  # probability of the hole
+    aug_decay: float | None = None  # fraction of affine_p and hole_p shed linearly over the epochs (1: none in the last)
     cutmix_p: float | None = None  # probability that a training batch is CutMixed (0: off)
     cutmix_decay: float | None = None  # fraction of cutmix_p shed linearly over the run (1: none at the end)
     # run
@@ -195,6 +196,7 @@ def check(cfg):
         ("scale_limit", 0 <= cfg.scale_limit < 1, "in [0, 1)"),
         ("rotate_limit", 0 <= cfg.rotate_limit <= 180, "in [0, 180] degrees"),
         ("hole_size", 1 <= cfg.hole_size <= IMAGE_SIZE, f"between 1 and the image side, {IMAGE_SIZE}"),
+        ("aug_decay", 0 <= cfg.aug_decay <= 1, "in [0, 1]"),
         ("cutmix_decay", 0 <= cfg.cutmix_decay <= 1, "in [0, 1]"),
         ("seed", 0 <= cfg.seed < 2**32, "between 0 and 2**32 - 1"),
     ] + [(p, 0 <= getattr(cfg, p) <= 1, "a probability in [0, 1]")

@@ -177,6 +177,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, keys):  # -> images (B, 3, H, W) float, labels (B,) int64
         epoch, first = keys[0]
+        self.transform.set_epoch(epoch)
         self.transform.set_random_state(np.random.default_rng((self.seed, epoch, first)),
                                         random.Random(hash((self.seed, epoch, first))))
         indices = [index for _, index in keys]

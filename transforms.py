@@ -37,9 +37,16 @@ class Pipeline:
     CPU the augmentation shares the cores with the model, so every microsecond counts.
     """
 
-    def __init__(self, per_image, mean, std):
+    def __init__(self, per_image, mean, std, fading=(), fade=None):
         self.per_image = per_image  # A.Compose on one uint8 image, or None
         self.normalize = A.Compose([A.Normalize(mean=mean, std=std)])  # uint8 -> (x / 255 - mean) / std
+        self.fading = [(t, t.p) for t in fading]  # transforms of per_image whose probability follows fade(epoch)
+        self.fade = fade
+
+    def set_epoch(self, epoch):
+        """Scale the fading transforms' probabilities by fade(epoch); a pipeline never told stays at epoch 0."""
+        for t, p in self.fading:
+            t.p = p * self.fade(epoch)
 
     def set_random_state(self, np_rng, py_rng):
         if self.per_image is not None:
@@ -53,36 +60,38 @@ class Pipeline:
 
 
 def train_transforms(cfg, mean=CIFAR10_MEAN, std=CIFAR10_STD):
-    """The training augmentation of a Config (its translate, flip_p, shift/scale/rotate, hole and seed fields)."""
+    """The training augmentation of a Config (its translate, flip_p, shift/scale/rotate, hole, aug_decay, epochs
+    and seed fields)."""
     # A shift of a few pixels on every image; reflected borders add no flat edges that the Affine's fill would.
     pad = IMAGE_SIZE + 2 * cfg.translate
     translate = [A.PadIfNeeded(pad, pad, border_mode=cv2.BORDER_REFLECT_101),
                  A.RandomCrop(IMAGE_SIZE, IMAGE_SIZE)] if cfg.translate > 0 else []
-    per_image = A.Compose([
-        *translate,
-        A.HorizontalFlip(p=cfg.flip_p),
-        # Exactly ShiftScaleRotate(shift_limit, scale_limit, rotate_limit) as Albumentations 2.x
-        # defines it, written as the Affine it wraps (ShiftScaleRotate itself warns as deprecated).
-        A.Affine(
-            translate_percent={"x": (-cfg.shift_limit, cfg.shift_limit), "y": (-cfg.shift_limit, cfg.shift_limit)},
-            scale=(1 - cfg.scale_limit, 1 + cfg.scale_limit),
-            rotate=(-cfg.rotate_limit, cfg.rotate_limit),
-            shear=(0, 0),
-            interpolation=cv2.INTER_LINEAR,
-            border_mode=cv2.BORDER_CONSTANT,
-            fill=mean_fill(mean),  # uncovered corners get the mean colour, which normalizes to ~0
-            rotate_method="largest_box",
-            p=cfg.affine_p,
-        ),
-        A.CoarseDropout(
-            num_holes_range=(1, 1),
-            hole_height_range=(cfg.hole_size, cfg.hole_size),  # ints are pixels, floats fractions
-            hole_width_range=(cfg.hole_size, cfg.hole_size),
-            fill=mean_fill(mean),
-            p=cfg.hole_p,
-        ),
-    ], seed=cfg.seed)
-    return Pipeline(per_image, mean, std)
+    # Exactly ShiftScaleRotate(shift_limit, scale_limit, rotate_limit) as Albumentations 2.x
+    # defines it, written as the Affine it wraps (ShiftScaleRotate itself warns as deprecated).
+    affine = A.Affine(
+        translate_percent={"x": (-cfg.shift_limit, cfg.shift_limit), "y": (-cfg.shift_limit, cfg.shift_limit)},
+        scale=(1 - cfg.scale_limit, 1 + cfg.scale_limit),
+        rotate=(-cfg.rotate_limit, cfg.rotate_limit),
+        shear=(0, 0),
+        interpolation=cv2.INTER_LINEAR,
+        border_mode=cv2.BORDER_CONSTANT,
+        fill=mean_fill(mean),  # uncovered corners get the mean colour, which normalizes to ~0
+        rotate_method="largest_box",
+        p=cfg.affine_p,
+    )
+    hole = A.CoarseDropout(
+        num_holes_range=(1, 1),
+        hole_height_range=(cfg.hole_size, cfg.hole_size),  # ints are pixels, floats fractions
+        hole_width_range=(cfg.hole_size, cfg.hole_size),
+        fill=mean_fill(mean),
+        p=cfg.hole_p,
+    )
+    per_image = A.Compose([*translate, A.HorizontalFlip(p=cfg.flip_p), affine, hole], seed=cfg.seed)
+
+    def fade(epoch):  # 1 in the first epoch, falling linearly to 1 - aug_decay in the last
+        return 1 - cfg.aug_decay * epoch / max(cfg.epochs - 1, 1)
+
+    return Pipeline(per_image, mean, std, fading=(affine, hole), fade=fade)
 
 
 def test_transforms(mean=CIFAR10_MEAN, std=CIFAR10_STD):

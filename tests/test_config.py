@@ -43,6 +43,7 @@ def test_help_lists_every_field_with_default_and_comment(capsys):
     (["--translate=-1"], "--translate"),
     (["--cutmix-p=1.5"], "--cutmix-p"),
     (["--cutmix-decay=2"], "--cutmix-decay"),
+    (["--aug-decay=-0.5"], "--aug-decay"),
     (["--batch-size=-1"], "--batch-size"),
     (["--workers=-2"], "--workers"),
     (["--lr=0"], "--lr"),

@@ -35,6 +35,17 @@ def test_one_16x16_hole_filled_with_the_dataset_mean():
         assert torch.allclose(out[:, ~hole], normalized((255, 255, 255))[:, None], atol=1e-4)
 
 
+def test_aug_decay_fades_the_affine_and_the_hole_to_none_in_the_last_epoch():
+    transform = T.train_transforms(replace(ONLY_HOLE, affine_p=1.0, epochs=5, aug_decay=1.0))
+    images = np.full((50, 32, 32, 3), 255, np.uint8)
+    changed = {}
+    for epoch in (0, 2, 4):
+        transform.set_epoch(epoch)
+        changed[epoch] = (~torch.isclose(transform(images), normalized((255, 255, 255))[:, None, None],
+                                         atol=1e-4)).flatten(1).any(1).sum().item()
+    assert changed[0] == 50 and 10 < changed[2] < 50 and changed[4] == 0  # p: 1, then 1 - 0.5 for each, then 0
+
+
 def test_mean_fill_is_the_uint8_dataset_mean():
     assert T.mean_fill() == (125, 123, 114)
 
