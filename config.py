@@ -33,20 +33,21 @@ class UserError(Exception):
 def recipe(epochs):
     """The regularization of a run of `epochs` epochs: the values of the Config fields left None.
 
-    A longer run fits the training set further, so it gets more augmentation: these
-    grow linearly from the 15-epoch values to the 30-epoch ones and stay there, the
-    longest schedule they were measured at (docs/experiments.md, "Regularization
-    against schedule length"). CutMix starts on a fifth of the batches and falls to
-    none by the last step: as many mixed batches as a steady tenth, but the low-LR
-    end of the schedule, where the net settles, sees whole images
-    (docs/experiments.md, "CutMix").
+    A longer run fits the training set further, so it gets more augmentation: the
+    shift grows linearly from its 15-epoch value to its 30-epoch one and stays
+    there, the longest schedule it was measured at (docs/experiments.md,
+    "Regularization against schedule length"). Every random regularizer fades to
+    none by the end: CutMix starts on a fifth of the batches, the Affine and the
+    hole on a quarter of the images, and the low-LR end of the schedule, where the
+    net settles, sees clean whole images (docs/experiments.md, "CutMix" and
+    "Augmentation decay").
     """
     t = min(max((epochs - 15) / 15, 0.0), 1.0)  # 0 up to 15 epochs, 1 from 30
 
     def grow(short, long):
         return short + t * (long - short)
 
-    return dict(translate=round(grow(2, 4)), affine_p=0.25, hole_p=0.25, aug_decay=0.0, cutmix_p=0.2, cutmix_decay=1.0)
+    return dict(translate=round(grow(2, 4)), affine_p=0.25, hole_p=0.25, aug_decay=1.0, cutmix_p=0.2, cutmix_decay=1.0)
 
 
 @dataclass
