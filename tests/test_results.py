@@ -47,6 +47,8 @@ def mean_sd(values):
 
 
 ROWS = results_table()
+# Config fields added after some records were written, and the value that behaves as the code did before.
+BEFORE_IT_EXISTED = dict(translate=0, ema=0.0, init_from="", cutmix_decay=0.0, aug_decay=0.0)
 
 
 def test_the_table_has_rows():
@@ -59,10 +61,14 @@ def test_row_matches_its_records(row):
     assert int(row["seeds"]) == len(runs) == len({c["seed"] for c, _ in runs})
     flags = re.findall(r"--[\w-]+=\S+", row["command"].strip("`"))
     for cfg, summary in runs:
-        # The record is this row's command on today's Config: a changed default needs a new run. Fields added
-        # since the run are not in its config.json; they take their defaults, which keep the old behaviour.
+        # The record is this row's command on today's Config: a changed default needs a new run.
         expected = asdict(parse_args(flags + [f"--seed={cfg['seed']}", f"--out-dir={cfg['out_dir']}"]))
         assert {k: expected[k] for k in cfg} == cfg
+        # Fields added since the run are not in its config.json: the command must give them the value that
+        # does what the code did before they existed (CutMix's decay is moot when CutMix is off).
+        for key in expected.keys() - cfg.keys() - ({"cutmix_decay"} if expected["cutmix_p"] == 0 else set()):
+            assert key in BEFORE_IT_EXISTED, f"add {key} to BEFORE_IT_EXISTED"
+            assert expected[key] == BEFORE_IT_EXISTED[key], f"the command must pin --{key.replace('_', '-')}"
         assert cfg["epochs"] == summary["epochs"] == int(row["epochs"]) == len(summary["history"])
     for column, key in (("val acc", "final_test_acc"), ("flip TTA", "final_test_acc_flip_tta")):
         mean, sd = mean_sd([s[key] for _, s in runs])
