@@ -47,15 +47,20 @@ def mean_sd(values):
 
 
 ROWS = results_table()
+# A row may name a run nobody has made yet (a schedule too long for the CPU): its command, no figures.
+MEASURED = [row for row in ROWS if row["val acc"] != "not measured"]
 # Config fields added after some records were written, and the value that behaves as the code did before.
 BEFORE_IT_EXISTED = dict(translate=0, ema=0.0, init_from="", cutmix_decay=0.0, aug_decay=0.0)
 
 
 def test_the_table_has_rows():
-    assert ROWS and all(row["record"] for row in ROWS)
+    assert MEASURED and all(row["record"] for row in MEASURED)
+    for row in ROWS:
+        if row not in MEASURED:
+            assert not (row["seeds"] + row["flip TTA"] + row["training time"] + row["record"]).strip("—- ")
 
 
-@pytest.mark.parametrize("row", ROWS, ids=[r["record"] for r in ROWS])
+@pytest.mark.parametrize("row", MEASURED, ids=[r["record"] for r in MEASURED])
 def test_row_matches_its_records(row):
     runs = records(row)
     assert int(row["seeds"]) == len(runs) == len({c["seed"] for c, _ in runs})
