@@ -1,13 +1,17 @@
-"""Run files: atomic writes, and the checkpoint format (what is saved, what is restored, what a resume refuses)."""
+"""Run files: the run dir (made, locked), atomic writes, and the checkpoint format (what is saved, what is restored,
+what a resume refuses)."""
 import contextlib
 import csv
+import fcntl
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
 from config import Config, UserError, flag, parse_args
+from data import outermost_missing
 from engine import Position, final_model
 from model import MODELS
 
@@ -29,6 +33,39 @@ class Progress:
     def epoch(self):
         """The last finished epoch (0 before the first)."""
         return len(self.history)
+
+
+def make_out_dir(path, overwrite, instead):
+    """Create path for this run's files; refused when it already holds files (unless overwrite) or cannot be
+    written, and then no folder it created is left behind. `instead`: what the refusal suggests."""
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise UserError(f"error: {path} already holds files; pick another --out-dir, {instead}or --overwrite")
+    created = outermost_missing(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write-test")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        if created:
+            shutil.rmtree(created, ignore_errors=True)
+        raise UserError(f"error: cannot write to output dir {path} ({e.strerror}); pick another --out-dir") from None
+    return path
+
+
+@contextlib.contextmanager
+def hold(run_dir):
+    """Lock run_dir while the block runs: a second run or resume into it is refused meanwhile.
+
+    The lock is the OS's (flock) on RUN/.lock: it goes with the block, or with the process however it ends.
+    """
+    with open(os.path.join(run_dir, ".lock"), "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"error: {run_dir} is in use by another run; wait for it to end, or pick another "
+                            "--out-dir") from None
+        yield
 
 
 def write_atomic(path, write):

@@ -5,11 +5,9 @@ Writes runs/<date-time>/ (or --out-dir): config.json, history.csv, best.pt, last
 curves.png (after every epoch), misclassified.png, gradcam.png, confusion.png and summary.json.
 """
 import contextlib
-import fcntl
 import math
 import os
 import random
-import shutil
 import signal
 import sys
 import threading
@@ -27,7 +25,7 @@ import plots
 import report
 from checkpoint import write_history_csv, write_json
 from config import Config, UserError, host, parse_args, runtime
-from data import Data, epoch_seed, load_data, make_loader, outermost_missing, worker_count
+from data import Data, epoch_seed, load_data, make_loader, worker_count
 from model import count_params, receptive_field
 from transforms import test_transforms, train_transforms
 
@@ -38,43 +36,10 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def make_out_dir(path, overwrite, instead):
-    """Create path for this run's files; refused when it already holds files (unless overwrite) or cannot be
-    written, and then no folder it created is left behind. `instead`: what the refusal suggests."""
-    if os.path.isdir(path) and os.listdir(path) and not overwrite:
-        raise UserError(f"error: {path} already holds files; pick another --out-dir, {instead}or --overwrite")
-    created = outermost_missing(path)
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".write-test")
-        open(probe, "w").close()
-        os.remove(probe)
-    except OSError as e:
-        if created:
-            shutil.rmtree(created, ignore_errors=True)
-        raise UserError(f"error: cannot write to output dir {path} ({e.strerror}); pick another --out-dir") from None
-    return path
-
-
 def new_run_dir(cfg):
     default = os.path.join("runs", ("dry-run-" if cfg.dry_run else "") + time.strftime("%Y%m%d-%H%M%S"))
     path = cfg.out_dir or default
-    return make_out_dir(path, cfg.overwrite, f"--resume={path}, ")
-
-
-@contextlib.contextmanager
-def hold(run_dir):
-    """Lock run_dir while the block runs: a second run or resume into it is refused meanwhile.
-
-    The lock is the OS's (flock) on RUN/.lock: it goes with the block, or with the process however it ends.
-    """
-    with open(os.path.join(run_dir, ".lock"), "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise UserError(f"error: {run_dir} is in use by another run; wait for it to end, or pick another "
-                            "--out-dir") from None
-        yield
+    return checkpoint.make_out_dir(path, cfg.overwrite, f"--resume={path}, ")
 
 
 def init_distributed(cfg, device):
@@ -128,7 +93,7 @@ def evaluate_checkpoint(argv, path):
     model = engine.build_model(cfg, len(data.classes), device)
     checkpoint.load_weights(model, ckpt, data.classes)
     name = os.path.splitext(os.path.basename(ckpt["path"]))[0]
-    out_dir = make_out_dir(cfg.out_dir or os.path.join(os.path.dirname(ckpt["path"]),
+    out_dir = checkpoint.make_out_dir(cfg.out_dir or os.path.join(os.path.dirname(ckpt["path"]),
                                                        "evaluate" if name == "last" else f"evaluate-{name}"),
                            cfg.overwrite, "")
     best = ckpt.get("best_epoch", ckpt["epoch"])
@@ -339,7 +304,7 @@ def main(argv=None):
     rank, world, device = init_distributed(cfg, runtime(cfg))
     data = prepare(cfg, device, world)  # before anything is written: bad data leaves no trace
     run = start_run(cfg, ckpt, data, device, rank, world)
-    with hold(run.run_dir) if rank == 0 else contextlib.nullcontext():  # one live run per run dir
+    with checkpoint.hold(run.run_dir) if rank == 0 else contextlib.nullcontext():  # one live run per run dir
         return train_and_analyse(run, device, world)
 
 
