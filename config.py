@@ -30,19 +30,21 @@ class UserError(Exception):
     """
 
 
-def recipe(epochs):
-    """The regularization of a run of `epochs` epochs: the values of the Config fields left None.
+def recipe(epochs, model="net"):
+    """The regularization of a run of `epochs` epochs of `model`: the values of the Config fields left None.
 
-    A longer run fits the training set further, so it gets more augmentation: the
+    A longer run fits the training set further, so it gets more augmentation: Net's
     shift grows linearly from its 15-epoch value to its 30-epoch one and stays
     there, the longest schedule it was measured at (docs/experiments.md,
-    "Regularization against schedule length"). Every random regularizer fades to
-    none by the end: CutMix starts on a fifth of the batches, the Affine and the
-    hole on a quarter of the images, and the low-LR end of the schedule, where the
-    net settles, sees clean whole images (docs/experiments.md, "CutMix" and
-    "Augmentation decay").
+    "Regularization against schedule length"). DilatedNet fits more slowly per
+    epoch and keeps the 15-epoch shift: at 40 epochs the larger one cost it
+    accuracy (docs/experiments.md, "DilatedNet long runs"). Every random
+    regularizer fades to none by the end: CutMix starts on a fifth of the batches,
+    the Affine and the hole on a quarter of the images, and the low-LR end of the
+    schedule, where the net settles, sees clean whole images (docs/experiments.md,
+    "CutMix" and "Augmentation decay").
     """
-    t = min(max((epochs - 15) / 15, 0.0), 1.0)  # 0 up to 15 epochs, 1 from 30
+    t = 0.0 if model == "dilated" else min(max((epochs - 15) / 15, 0.0), 1.0)  # Net: 0 up to 15 epochs, 1 from 30
 
     def grow(short, long):
         return short + t * (long - short)
@@ -69,7 +71,7 @@ class Config:
     # model
     model: str = "net"  # net (Net: 3x3 stride-2 convs), dilated (DilatedNet: no stride) or seed (the reference, 97k)
     dropout: float = 0.0  # dropout before the classifier
-    # augmentation (Albumentations, per image, uint8); None: the value recipe(epochs) gives this run's length
+    # augmentation (Albumentations, per image, uint8); None: the value recipe(epochs, model) gives this run
     translate: int | None = None  # random shift by up to this many pixels: reflect-pad, then random 32x32 crop (0: off)
     flip_p: float = 0.5  # probability of a horizontal flip
     shift_limit: float = 0.0625  # max shift as a fraction of the image side
@@ -97,8 +99,8 @@ class Config:
     dry_run: bool = False  # whole program on a tiny synthetic dataset, a few steps, no data needed
 
     def __post_init__(self):
-        """Fill the fields left None from recipe(epochs): Config(epochs=60) gets the 60-epoch regularization."""
-        for name, value in recipe(self.epochs).items():
+        """Fill the fields left None from recipe(epochs, model): Config(epochs=60) gets 60 epochs' regularization."""
+        for name, value in recipe(self.epochs, self.model).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
 
@@ -126,7 +128,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         """A field left None shows where its value comes from, and the value at the default 15 epochs."""
         default_run = recipe(Config.epochs)
         if action.default is None and action.dest in default_run:
-            return f"{action.help} (default: recipe(epochs) in config.py; {default_run[action.dest]} at " \
+            return f"{action.help} (default: recipe(epochs, model) in config.py; {default_run[action.dest]} at " \
                    f"{Config.epochs} epochs)"
         return super()._get_help_string(action)
 
@@ -152,7 +154,7 @@ def parse_args(argv=None, base=None):
     """Config from command-line overrides such as ['--epochs=30', '--lr', '0.05'].
 
     Fields not given keep their value in `base`; without one, their defaults, where those
-    left None follow recipe(epochs) of the epochs given.
+    left None follow recipe(epochs, model) of the epochs and model given.
     """
     defaults = asdict(base) if base else {f.name: f.default for f in fields(Config)}
     help_text = _comments()

@@ -17,6 +17,8 @@ def test_epochs_alone_select_the_recipe_and_given_flags_win():
         # The required augmentations stay on in every recipe.
         assert min(expected["affine_p"], expected["hole_p"], expected["cutmix_p"], Config().flip_p) > 0
     assert recipe(30) != recipe(15)
+    # DilatedNet keeps the 15-epoch shift at every length; Net's grows.
+    assert parse_args(["--model=dilated", "--epochs=40"]).translate == recipe(15)["translate"] < recipe(40)["translate"]
     assert parse_args(["--epochs=30", "--cutmix-p=0", "--translate=1"]).cutmix_p == 0
     assert parse_args(["--epochs=30", "--translate=1"]).translate == 1
     assert parse_args(["--epochs=30"], base=Config()).cutmix_p == Config().cutmix_p  # a saved run keeps its own
@@ -30,7 +32,7 @@ def test_help_lists_every_field_with_default_and_comment(capsys):
     for field in Config.__dataclass_fields__:
         assert "--" + field.replace("_", "-") in text
     assert "passes over the training split (default: 15)" in text
-    assert f"CutMixed (0: off) (default: recipe(epochs) in config.py; {recipe(15)['cutmix_p']} at 15 epochs)" in text
+    assert f"CutMixed (0: off) (default: recipe(epochs, model) in config.py; {recipe(15)['cutmix_p']} at 15 epochs)" in text
 
 
 @pytest.mark.parametrize("argv, words", [
