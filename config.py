@@ -33,18 +33,18 @@ class UserError(Exception):
 def recipe(epochs, model="net"):
     """The regularization of a run of `epochs` epochs of `model`: the values of the Config fields left None.
 
-    A longer run fits the training set further, so it gets more augmentation: Net's
+    A longer run fits the training set further, so it gets more augmentation: the
     shift grows linearly from its 15-epoch value to its 30-epoch one and stays
     there, the longest schedule it was measured at (docs/experiments.md,
-    "Regularization against schedule length"). DilatedNet fits more slowly per
-    epoch and keeps the 15-epoch shift: at 40 epochs the larger one cost it
-    accuracy (docs/experiments.md, "DilatedNet long runs"). Every random
+    "Regularization against schedule length"), except in DilatedNet, which fits
+    more slowly per epoch and keeps the 15-epoch shift: at 40 epochs the larger
+    one cost it accuracy (docs/experiments.md, "DilatedNet long runs"). Every random
     regularizer fades to none by the end: CutMix starts on a fifth of the batches,
     the Affine and the hole on a quarter of the images, and the low-LR end of the
     schedule, where the net settles, sees clean whole images (docs/experiments.md,
     "CutMix" and "Augmentation decay").
     """
-    t = 0.0 if model == "dilated" else min(max((epochs - 15) / 15, 0.0), 1.0)  # Net: 0 up to 15 epochs, 1 from 30
+    t = 0.0 if model == "dilated" else min(max((epochs - 15) / 15, 0.0), 1.0)  # 0 up to 15 epochs, 1 from 30
 
     def grow(short, long):
         return short + t * (long - short)
