@@ -93,9 +93,8 @@ def evaluate_checkpoint(argv, path):
     model = engine.build_model(cfg, len(data.classes), device)
     checkpoint.load_weights(model, ckpt, data.classes)
     name = os.path.splitext(os.path.basename(ckpt["path"]))[0]
-    out_dir = checkpoint.make_out_dir(cfg.out_dir or os.path.join(os.path.dirname(ckpt["path"]),
-                                                       "evaluate" if name == "last" else f"evaluate-{name}"),
-                           cfg.overwrite, "")
+    default = os.path.join(os.path.dirname(ckpt["path"]), "evaluate" if name == "last" else f"evaluate-{name}")
+    out_dir = checkpoint.make_out_dir(cfg.out_dir or default, cfg.overwrite, "")
     best = ckpt.get("best_epoch", ckpt["epoch"])
     print(f"evaluating {ckpt['path']} (epoch {ckpt['epoch']})" + (
         f"; the best val accuracy was at epoch {best}: evaluate {os.path.dirname(ckpt['path'])}/best.pt for that one"
