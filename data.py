@@ -231,7 +231,10 @@ class EpochSampler(torch.utils.data.Sampler):
 
 def _worker_init(worker_id):
     cv2.setNumThreads(0)  # one OpenCV thread per worker: workers already run in parallel
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle (it saves first)
+    # Ctrl-C, and a SIGTERM sent to the whole process group (`timeout`, Slurm), are the main process's to handle:
+    # it saves first, then shuts the workers down. A worker killed by one would take the run down with a traceback.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.SIG_IGN)
 
 
 def worker_count(cfg, device):

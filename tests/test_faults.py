@@ -22,10 +22,11 @@ def uninterrupted(folder, tmp_path_factory):
     return train.main([f"--data-dir={folder}", f"--out-dir={out}", *SMALL_RUN])
 
 
-def start(folder, out):
+def start(folder, out, *extra):
+    """train.py in a process group of its own (its data workers join it), as a shell or a batch system starts it."""
     return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), f"--data-dir={folder}",
-                             f"--out-dir={out}", *SMALL_RUN], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                             f"--out-dir={out}", *SMALL_RUN, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
 
 
 def wait_for_epoch(out, epoch, proc, timeout=120):
@@ -69,6 +70,18 @@ def test_sigterm_saves_after_the_current_step_and_resume_equals_an_uninterrupted
     assert proc.returncode != 0
     assert "stopped " in stderr and f"python train.py --resume={out}" in stderr and "Traceback" not in stderr
     resumed = train.main([f"--resume={out}"])
+    same_run(resumed, uninterrupted)
+
+
+def test_sigterm_to_the_whole_process_group_still_saves_and_resumes_exactly(folder, uninterrupted, tmp_path):
+    """`timeout`, `kill -- -PGID` and batch systems (Slurm) signal the data workers too; the run must still save."""
+    out = tmp_path / "group"
+    proc = start(folder, out, "--workers=2")
+    wait_for_epoch(out, 1, proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert "stopped " in stderr and "Traceback" not in stderr and "killed by signal" not in stderr
+    resumed = train.main([f"--resume={out}", "--workers=0"])
     same_run(resumed, uninterrupted)
 
 
