@@ -3,9 +3,9 @@
 python sweep.py --out=DIR [--budget=540] [--common="OPTIONS"] "OPTIONS" "OPTIONS" ...
 
 Each quoted OPTIONS is one train.py run (e.g. "--epochs=200 --seed=1"); --common options go to every run.
-The sweep first trains every run for one epoch, all at once as they will run, to measure an epoch's
-seconds under that sharing; a run whose epochs cannot finish inside the budget then gets as many as fit
-(sweep.json keeps both numbers). Then all runs train at once, each in its own process and DIR/runs/rN,
+The sweep first trains every run for two epochs, all at once as they will run, to measure an epoch's
+seconds under that sharing (the second's: the first also pays for start-up); a run whose epochs cannot
+finish inside the budget then gets as many as fit (sweep.json keeps both numbers). Then all runs train at once, each in its own process and DIR/runs/rN,
 and their config.json, summary.json and history.csv are gathered into DIR/results/rN with DIR/sweep.json.
 Past the budget every run still going is stopped (SIGTERM: it saves and exits) and gathered as it is.
 """
@@ -24,6 +24,9 @@ import time
 from config import Config, UserError, parse_args
 
 SAFETY = 0.9  # share of the time left that the sized runs may plan to use: epochs vary, and runs must end
+# Epochs of the timing probe. On a GPU the first epoch also pays for cuDNN's autotuning and the workers' start
+# (3 to 5 times a later one on an H200), so the second is the one that measures the rate.
+PROBE_EPOCHS = 2
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -85,12 +88,13 @@ def run_all(runs, out, stage, workers, deadline):
 
 
 def epoch_seconds(run_dir):
-    """Seconds of the first epoch in a run dir's history.csv, or None when it has none."""
+    """Seconds of a probe's last epoch (a steady one) in its run dir's history.csv; None before PROBE_EPOCHS."""
     try:
         with open(os.path.join(run_dir, "history.csv")) as f:
-            return float(next(csv.DictReader(f))["seconds"])
-    except (OSError, StopIteration):
+            epochs = list(csv.DictReader(f))
+    except OSError:
         return None
+    return float(epochs[-1]["seconds"]) if len(epochs) >= PROBE_EPOCHS else None
 
 
 def main(argv=None):
@@ -109,12 +113,12 @@ def main(argv=None):
     configs = {name: parse_args(options) for name, options in runs.items()}  # bad options: refused before any run
     workers = max(1, (os.cpu_count() or 1) // len(runs))  # the data workers share the machine's cores
 
-    probe = {name: with_epochs(options, 1) for name, options in runs.items()}
+    probe = {name: with_epochs(options, PROBE_EPOCHS) for name, options in runs.items()}
     probe_wall = run_all(probe, args.out, "probe", workers, deadline)
     seconds = [epoch_seconds(os.path.join(args.out, "probe", name)) for name in runs]
     if None in seconds:
         raise UserError(f"error: a probe run failed; see the logs in {os.path.join(args.out, 'probe')}")
-    overhead = probe_wall - max(seconds)  # start-up, data loading and the final analysis, per run
+    overhead = probe_wall - PROBE_EPOCHS * max(seconds)  # start-up, first-epoch warm-up, final analysis
     left = deadline - time.monotonic()
     planned = {name: fit_epochs(configs[name].epochs, s, left, overhead) for name, s in zip(runs, seconds)}
     sized = {name: with_epochs(options, planned[name]) for name, options in runs.items()}

@@ -12,6 +12,14 @@ def test_fit_epochs_keeps_what_fits_and_shrinks_what_does_not():
     assert sweep.fit_epochs(200, 100.0, 50, 10) == 1  # at least one epoch
 
 
+def test_the_probe_times_its_second_epoch_not_the_first(tmp_path):
+    """The first epoch also pays for start-up (cuDNN autotuning, the workers): timing it cut a 200-epoch run to 14."""
+    (tmp_path / "history.csv").write_text("epoch,test_acc,seconds\n1,40.0,15.5\n2,50.0,5.0\n")
+    assert sweep.epoch_seconds(tmp_path) == 5.0
+    (tmp_path / "history.csv").write_text("epoch,test_acc,seconds\n1,40.0,15.5\n")
+    assert sweep.epoch_seconds(tmp_path) is None  # a probe that died in its second epoch
+
+
 def test_with_epochs_replaces_either_spelling():
     assert sweep.with_epochs(["--epochs=30", "--seed=1"], 5) == ["--seed=1", "--epochs=5"]
     assert sweep.with_epochs(["--epochs", "30", "--lr=0.1"], 5) == ["--lr=0.1", "--epochs=5"]
@@ -28,7 +36,7 @@ def test_a_sweep_probes_runs_and_gathers_every_record(tmp_path, capsys):
         assert json.loads((kept / "config.json").read_text())["seed"] == seed
         summary = json.loads((kept / "summary.json").read_text())
         assert len(summary["history"]) == 2 and len((kept / "history.csv").read_text().splitlines()) == 3
-        assert (tmp_path / "probe" / name / "history.csv").exists()  # the one-epoch timing run
+        assert len((tmp_path / "probe" / name / "history.csv").read_text().splitlines()) == 3  # 2-epoch timing
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert saved["runs"] == rows
     assert "r1" in capsys.readouterr().out
