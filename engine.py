@@ -192,11 +192,11 @@ def train_one_epoch(model, loader, step, position=None, should_stop=None, desc="
 
 
 @torch.no_grad()
-def predict(model, loader, *, amp=True, channels_last=False, mirror=False):
+def predict(model, loader, *, amp=True, channels_last=False, view=None):
     """Logits (N, C) float32 and labels (N,) for a whole split, on the CPU, in loader order.
 
-    mirror=True: the logits of each image's left-right mirror, for flip test-time
-    augmentation (the mean of the plain and mirror logits).
+    view: a function of an image batch (mirror, shift) whose output the model
+    sees instead, for test-time augmentation.
     """
     device = next(model.parameters()).device
     model.eval()
@@ -204,10 +204,22 @@ def predict(model, loader, *, amp=True, channels_last=False, mirror=False):
     for images, labels in loader:
         images = to_device(images, device, channels_last)
         with autocast(device, amp):
-            logits = model(images.flip(3) if mirror else images).float()
+            logits = model(view(images) if view else images).float()
         all_logits.append(logits.cpu())
         all_labels.append(labels)
     return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def mirror(images):
+    """(N, C, H, W) images flipped left-right."""
+    return images.flip(3)
+
+
+def shift(images, dy, dx):
+    """(N, C, H, W) images moved dy pixels down and dx right (negative: up, left), the edge reflected into the gap."""
+    pad, (h, w) = max(abs(dy), abs(dx)), images.shape[-2:]
+    padded = F.pad(images, (pad,) * 4, mode="reflect")
+    return padded[..., pad - dy:pad - dy + h, pad - dx:pad - dx + w]
 
 
 def metrics(logits, labels, device=None):

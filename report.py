@@ -31,7 +31,8 @@ def save_analysis(model, loader, data, run_dir, cfg):
     """Evaluate once on the test split; save the confusion matrix and the misclassified grid, plain and with
     Grad-CAM maps.
 
-    Returns {'loss', 'acc'} (plain single view, the headline) and 'flip_acc' (flip test-time augmentation).
+    Returns {'loss', 'acc'} (plain single view, the headline), 'flip_acc' and 'flip_shift_acc' (test-time
+    augmentation: tta_logits).
     """
     logits, labels = engine.predict(model, loader, amp=cfg.amp, channels_last=cfg.channels_last)
     confusion = engine.confusion_matrix(logits, labels, len(data.classes))
@@ -47,6 +48,25 @@ def save_analysis(model, loader, data, run_dir, cfg):
                                  CIFAR10_MEAN, CIFAR10_STD, heat)
     per_class = engine.per_class_accuracy(confusion)
     print("per-class accuracy: " + ", ".join(f"{c} {a:.1f}%" for c, a in zip(data.classes, per_class.tolist())))
-    mirror_logits, _ = engine.predict(model, loader, amp=cfg.amp, channels_last=cfg.channels_last, mirror=True)
-    flip_acc = engine.metrics((logits + mirror_logits) / 2, labels)["acc"]  # flip TTA: mean logits of image and mirror
-    return dict(engine.metrics(logits, labels), flip_acc=flip_acc)
+    flip, flip_shift = tta_logits(model, loader, cfg, logits)
+    return dict(engine.metrics(logits, labels), flip_acc=engine.metrics(flip, labels)["acc"],
+                flip_shift_acc=engine.metrics(flip_shift, labels)["acc"])
+
+
+def tta_logits(model, loader, cfg, plain):
+    """Test-time augmentation, given the plain logits: (flip TTA, flip + shift TTA) logits.
+
+    Flip TTA averages the logits of each image and its mirror. Flip + shift TTA
+    also averages that pair moved one pixel up-left and one down-right, the pair
+    in place weighing half: the shifts the net saw in training, kept small so
+    that no view loses much of the image.
+    """
+    def pair(move):  # mean logits of the moved image and its mirror
+        views = (move, lambda x: engine.mirror(move(x)))
+        return sum(engine.predict(model, loader, amp=cfg.amp, channels_last=cfg.channels_last, view=v)[0]
+                   for v in views) / 2
+
+    flip = (plain + engine.predict(model, loader, amp=cfg.amp, channels_last=cfg.channels_last,
+                                   view=engine.mirror)[0]) / 2
+    shifted = (pair(lambda x: engine.shift(x, -1, -1)) + pair(lambda x: engine.shift(x, 1, 1))) / 2
+    return flip, (flip + shifted) / 2

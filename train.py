@@ -102,9 +102,11 @@ def evaluate_checkpoint(argv, path):
     result = report.save_analysis(model, eval_loader(data, cfg, device), data, out_dir, cfg)
     summary = {"checkpoint": ckpt["path"], "epoch": ckpt["epoch"], "test_split": data.test_name,
                "test_loss": result["loss"], "test_acc": result["acc"], "test_acc_flip_tta": result["flip_acc"],
+               "test_acc_flip_shift_tta": result["flip_shift_acc"],
                "data": data.source, "out_dir": out_dir}
     write_json(summary, os.path.join(out_dir, "summary.json"))
-    print(f"{data.test_name} loss {result['loss']:.4f} acc {result['acc']:.2f}% (flip TTA {result['flip_acc']:.2f}%); "
+    print(f"{data.test_name} loss {result['loss']:.4f} acc {result['acc']:.2f}% (flip TTA {result['flip_acc']:.2f}%, "
+          f"flip + shift {result['flip_shift_acc']:.2f}%); "
           f"plots and summary.json in {out_dir}")
     return summary
 
@@ -250,13 +252,14 @@ def finish(run, device, world):
     final = report.save_analysis(engine.final_model(run.model, run.step), whole, data, run.run_dir, cfg)
     result = dict(params=count_params(run.model), receptive_field=receptive_field(run.model)[-1]["rf"],
                   best_test_acc=progress.best_acc, best_epoch=progress.best_epoch, final_test_acc=final["acc"],
-                  final_test_loss=final["loss"], final_test_acc_flip_tta=final["flip_acc"], epochs=cfg.epochs,
+                  final_test_loss=final["loss"], final_test_acc_flip_tta=final["flip_acc"],
+                  final_test_acc_flip_shift_tta=final["flip_shift_acc"], epochs=cfg.epochs,
                   train_seconds=sum(h["seconds"] for h in progress.history), test_split=data.test_name,
                   data=data.source, device=str(device), host=host(device), processes=world, run_dir=run.run_dir,
                   history=progress.history)
     write_json(result, os.path.join(run.run_dir, "summary.json"))
     print(f"\nfinal {data.test_name} acc {final['acc']:.2f}% (best {progress.best_acc:.2f}% at epoch "
-          f"{progress.best_epoch}; flip TTA {final['flip_acc']:.2f}%); "
+          f"{progress.best_epoch}; flip TTA {final['flip_acc']:.2f}%, flip + shift {final['flip_shift_acc']:.2f}%); "
           f"{result['train_seconds']:.0f}s of training; files in {run.run_dir}")
     return result
 

@@ -50,7 +50,7 @@ def test_predict_returns_all_logits_and_labels_in_order():
     assert torch.equal(out, logits) and torch.equal(labels, torch.arange(9) % 10)
 
 
-def test_predict_mirror_gives_the_logits_of_each_mirrored_image():
+def test_predict_with_a_view_gives_the_logits_of_each_viewed_image():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     split = Split(rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8), np.arange(6))
@@ -58,10 +58,21 @@ def test_predict_mirror_gives_the_logits_of_each_mirrored_image():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))  # not mirror-symmetric
     x = torch.cat([images for images, _ in batches])
     plain, _ = engine.predict(model, batches)
-    mirror, labels = engine.predict(model, batches, mirror=True)
+    mirror, labels = engine.predict(model, batches, view=engine.mirror)
     with torch.no_grad():
         assert torch.allclose(mirror, model(x.flip(3)), atol=1e-5)
     assert not torch.allclose(mirror, plain, atol=1e-3) and labels.tolist() == list(range(6))
+
+
+def test_shift_moves_the_pixels_and_reflects_the_edge_into_the_gap():
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    down_right = engine.shift(x, 1, 2)
+    assert down_right.shape == x.shape
+    assert torch.equal(down_right[..., 1:, 2:], x[..., :-1, :-2])  # every pixel one down, two right
+    assert torch.equal(down_right[..., 0, 2:], x[..., 1, :-2])  # the top row: row 1 reflected over row 0
+    assert torch.equal(down_right[..., 1:, 1], x[..., :-1, 1])  # the left columns: 2 and 1 reflected over 0
+    assert torch.equal(engine.shift(x, -1, -1)[..., :-1, :-1], x[..., 1:, 1:])
+    assert torch.equal(engine.shift(x, 0, 0), x)
 
 
 def test_confusion_matrix_and_per_class_accuracy():

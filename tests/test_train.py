@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import report
 import train
@@ -94,22 +95,30 @@ def test_evaluate_reproduces_the_final_accuracy(dry_run):
     evaluated = train.main([f"--evaluate={out}"])
     assert evaluated["test_acc"] == result["final_test_acc"]
     assert evaluated["test_acc_flip_tta"] == result["final_test_acc_flip_tta"]
+    assert evaluated["test_acc_flip_shift_tta"] == result["final_test_acc_flip_shift_tta"]
     assert (out / "evaluate" / "confusion.png").exists()
 
 
-def test_flip_tta_scores_the_mean_logits_of_each_image_and_its_mirror(tmp_path):
+@pytest.mark.parametrize("tta", ["flip", "flip_shift"])
+def test_tta_scores_the_mean_logits_of_its_views(tmp_path, tta):
     torch.manual_seed(0)
     images = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))  # not mirror-symmetric
     x = T.test_transforms()(images)
     with torch.no_grad():
-        labels = ((model(x) + model(x.flip(3))) / 2).argmax(1).numpy()  # right under flip TTA, by construction
+        pair = lambda v: (model(v) + model(v.flip(3))) / 2  # noqa: E731
+        moved = (pair(F.pad(x, (1,) * 4, mode="reflect")[..., :32, :32]) +  # up-left by one pixel
+                 pair(F.pad(x, (1,) * 4, mode="reflect")[..., 2:, 2:])) / 2  # down-right
+        logits = pair(x) if tta == "flip" else pair(x) / 2 + moved / 2
+        labels = logits.argmax(1).numpy()  # right under this TTA, by construction
         plain_right = (model(x).argmax(1).numpy() == labels).mean()
     split = Split(images, labels)
     loader = eval_loader(split, batch_size=16)
     data = Data(split, split, tuple(map(str, range(10))), "synthetic", "val")
     result = report.save_analysis(model, loader, data, str(tmp_path), Config())
-    assert result["flip_acc"] == 100 and result["acc"] == pytest.approx(100 * plain_right) and plain_right < 1
+    assert result[f"{tta}_acc"] == 100 and result["acc"] == pytest.approx(100 * plain_right) and plain_right < 1
+    other = "flip_shift" if tta == "flip" else "flip"
+    assert result[f"{other}_acc"] < 100  # the two figures measure different views
 
 
 def test_dilated_model_runs_and_its_checkpoint_keeps_its_kind(tmp_path):
