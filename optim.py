@@ -23,9 +23,9 @@ def orthogonalize(m, steps=5):
     tall = x.size(0) > x.size(1)
     if tall:  # iterate on the smaller Gram matrix
         x = x.T
-    for _ in range(steps):
+    for _ in range(steps):  # x <- a x + (b G + c G^2) x with G = x x^T, as two fused multiply-adds
         gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x.T if tall else x
 
 
@@ -42,23 +42,33 @@ class MuonSGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        # A group's tensors move together (torch._foreach_*): on a GPU each op is a kernel launch, and one per
+        # tensor would make the launches, not the maths, the cost of a step.
         for group in self.param_groups:
-            lr, momentum, muon = group["lr"], group["momentum"], group["muon"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad if muon or not group["weight_decay"] else p.grad.add(p, alpha=group["weight_decay"])
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                buf = state["momentum_buffer"].mul_(momentum).add_(grad)
-                update = grad.add(buf, alpha=momentum)  # Nesterov (plain SGD at momentum 0)
-                if muon:
-                    p.mul_(len(p) ** 0.5 / p.norm())
-                    m = update.reshape(len(p), -1)  # (out, in * k * k)
-                    # A tall (out > in) orthogonal factor has rows of norm sqrt(in/out) on average; scale them to 1.
-                    update = orthogonalize(m).mul_(max(1.0, m.size(0) / m.size(1)) ** 0.5).view_as(p)
-                p.add_(update, alpha=-lr)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["weight_decay"] and not group["muon"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            for p in params:
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+            bufs = [self.state[p]["momentum_buffer"] for p in params]
+            torch._foreach_mul_(bufs, group["momentum"])
+            torch._foreach_add_(bufs, grads)
+            updates = torch._foreach_add(grads, bufs, alpha=group["momentum"])  # Nesterov (plain SGD at momentum 0)
+            if group["muon"]:
+                updates = [muon_update(p, u) for p, u in zip(params, updates)]
+            torch._foreach_add_(params, updates, alpha=-group["lr"])
+
+
+def muon_update(p, update):
+    """Muon's step for filter bank p from its momentum update; p is first rescaled to norm sqrt(out_channels)."""
+    p.mul_(len(p) ** 0.5 / p.norm())
+    m = update.reshape(len(p), -1)  # (out, in * k * k)
+    # A tall (out > in) orthogonal factor has rows of norm sqrt(in/out) on average; scale them to 1.
+    return orthogonalize(m).mul_(max(1.0, m.size(0) / m.size(1)) ** 0.5).view_as(p)
 
 
 def is_filter_bank(p):

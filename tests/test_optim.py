@@ -73,6 +73,39 @@ def test_sgd_groups_decay_and_use_nesterov_momentum():
     assert w.detach() == pytest.approx(torch.full((3,), 0.715 - 0.1 * (g2 + 0.9 * (1.35 + g2))))
 
 
+def test_a_group_of_several_tensors_steps_each_as_alone():
+    """The group's tensors move together (foreach ops); each must get what a group of its own would give it."""
+    torch.manual_seed(0)
+    shapes = [(8, 3, 3, 3), (6, 8, 1, 1), (5,), (10, 6)]
+    together = [nn.Parameter(torch.randn(s)) for s in shapes]
+    alone = [nn.Parameter(p.detach().clone()) for p in together]
+    groups = lambda ps: [{"params": ps[:2], "muon": True, "weight_decay": 0.1},  # noqa: E731 (Muon ignores decay)
+                         {"params": ps[2:], "weight_decay": 0.1}]
+    opt = MuonSGD(groups(together), lr=0.05, momentum=0.9)
+    opts = [MuonSGD([dict(g, params=[p]) for g in groups(alone) for p in g["params"] if p is q], lr=0.05,
+                    momentum=0.9) for q in alone]
+    for _ in range(3):
+        for p, q in zip(together, alone):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        opt.step()
+        for o in opts:
+            o.step()
+    for p, q in zip(together, alone):
+        assert torch.allclose(p, q, atol=1e-6) and not torch.equal(p, torch.zeros_like(p))
+
+
+def test_muon_groups_take_no_weight_decay_even_when_given_one():
+    steps = []
+    for decay in (0.0, 0.5):
+        torch.manual_seed(0)
+        w = nn.Parameter(torch.randn(16, 8, 3, 3))
+        w.grad = torch.randn(16, 8, 3, 3)
+        MuonSGD([{"params": [w], "muon": True, "weight_decay": decay}], lr=0.1, momentum=0.9).step()
+        steps.append(w.detach())
+    assert torch.equal(*steps)
+
+
 @pytest.mark.parametrize("momentum, expected", [(0.95, (0.95, 0.85, 0.95)), (0.0, (0.0, 0.0, 0.0))])
 def test_one_cycle_sets_each_groups_lr_and_the_momentum(momentum, expected):
     cfg = Config(momentum=momentum, epochs=1, warmup=0.5, lr=0.2, muon_lr=0.02)
