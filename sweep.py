@@ -5,9 +5,10 @@ python sweep.py --out=DIR [--budget=540] [--common="OPTIONS"] "OPTIONS" "OPTIONS
 Each quoted OPTIONS is one train.py run (e.g. "--epochs=200 --seed=1"); --common options go to every run.
 The sweep first trains every run for two epochs, all at once as they will run, to measure an epoch's
 seconds under that sharing (the second's: the first also pays for start-up); a run whose epochs cannot
-finish inside the budget then gets as many as fit (sweep.json keeps both numbers). Then all runs train at once, each in its own process and DIR/runs/rN,
-and their config.json, summary.json and history.csv are gathered into DIR/results/rN with DIR/sweep.json.
-Past the budget every run still going is stopped (SIGTERM: it saves and exits) and gathered as it is.
+finish inside the budget then gets as many as fit (sweep.json keeps both numbers). Then all runs train
+at once, each in its own process and DIR/runs/rN, and their config.json, summary.json and history.csv
+are gathered into DIR/results/rN with DIR/sweep.json. Past the budget every run still going is stopped
+(SIGTERM: it saves and exits) and gathered as it is.
 """
 import argparse
 import csv
@@ -25,7 +26,7 @@ from config import Config, UserError, parse_args
 
 SAFETY = 0.9  # share of the time left that the sized runs may plan to use: epochs vary, and runs must end
 # Epochs of the timing probe. On a GPU the first epoch also pays for cuDNN's autotuning and the workers' start
-# (3 to 5 times a later one on an H200), so the second is the one that measures the rate.
+# (15-30 s against 5-10 s for a later one on an H200), so the second is the one that measures the rate.
 PROBE_EPOCHS = 2
 
 

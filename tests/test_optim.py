@@ -79,11 +79,10 @@ def test_a_group_of_several_tensors_steps_each_as_alone():
     shapes = [(8, 3, 3, 3), (6, 8, 1, 1), (5,), (10, 6)]
     together = [nn.Parameter(torch.randn(s)) for s in shapes]
     alone = [nn.Parameter(p.detach().clone()) for p in together]
-    groups = lambda ps: [{"params": ps[:2], "muon": True, "weight_decay": 0.1},  # noqa: E731 (Muon ignores decay)
-                         {"params": ps[2:], "weight_decay": 0.1}]
-    opt = MuonSGD(groups(together), lr=0.05, momentum=0.9)
-    opts = [MuonSGD([dict(g, params=[p]) for g in groups(alone) for p in g["params"] if p is q], lr=0.05,
-                    momentum=0.9) for q in alone]
+    opt = MuonSGD([{"params": together[:2], "muon": True}, {"params": together[2:], "weight_decay": 0.1}], lr=0.05,
+                  momentum=0.9)
+    opts = [MuonSGD([{"params": [q], "muon": True}], lr=0.05, momentum=0.9) for q in alone[:2]] + \
+           [MuonSGD([{"params": [q], "weight_decay": 0.1}], lr=0.05, momentum=0.9) for q in alone[2:]]
     for _ in range(3):
         for p, q in zip(together, alone):
             p.grad = torch.randn_like(p)
