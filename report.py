@@ -61,12 +61,12 @@ def tta_logits(model, loader, cfg, plain):
     in place weighing half: the shifts the net saw in training, kept small so
     that no view loses much of the image.
     """
-    def pair(move):  # mean logits of the moved image and its mirror
-        views = (move, lambda x: engine.mirror(move(x)))
-        return sum(engine.predict(model, loader, amp=cfg.amp, channels_last=cfg.channels_last, view=v)[0]
-                   for v in views) / 2
+    def seen(view):  # the logits of every image as the view shows it
+        return engine.predict(model, loader, amp=cfg.amp, channels_last=cfg.channels_last, view=view)[0]
 
-    flip = (plain + engine.predict(model, loader, amp=cfg.amp, channels_last=cfg.channels_last,
-                                   view=engine.mirror)[0]) / 2
+    def pair(move):  # mean logits of the moved image and its mirror
+        return (seen(move) + seen(lambda x: engine.mirror(move(x)))) / 2
+
+    flip = (plain + seen(engine.mirror)) / 2
     shifted = (pair(lambda x: engine.shift(x, -1, -1)) + pair(lambda x: engine.shift(x, 1, 1))) / 2
     return flip, (flip + shifted) / 2
