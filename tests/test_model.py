@@ -8,7 +8,7 @@ from torch import nn
 from model import (MODELS, DilatedNet, Net, Residual, SeedNet, SeparableConv, architecture_rules, count_params,
                    receptive_field)
 
-ASSIGNMENT_NETS = ("dilated", "net")  # the nets built to the assignment's rules; "seed" is the reference baseline
+ASSIGNMENT_NETS = ("dilated", "mix", "mix3", "net")  # built to the assignment's rules; "seed" is the reference
 
 
 def test_every_model_is_either_an_assignment_net_or_the_seed_baseline():
