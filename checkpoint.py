@@ -91,7 +91,8 @@ def save(run, best=False):
     final = final_model(run.model, run.step)
     state = dict(model=final.state_dict(), optimizer=run.step.optimizer.state_dict(),
                  scheduler=run.step.scheduler.state_dict(), scaler=run.step.scaler.state_dict(),
-                 epoch=run.progress.epoch, history=run.progress.history, best_acc=run.progress.best_acc,
+                 steps_done=run.step.steps_done, epoch=run.progress.epoch, history=run.progress.history,
+                 best_acc=run.progress.best_acc,
                  best_epoch=run.progress.best_epoch, classes=list(run.data.classes), config=asdict(run.cfg),
                  position=asdict(run.progress.position) if run.progress.position else None)
     if final is not run.model:
@@ -184,6 +185,7 @@ def restore(ckpt, model, step, classes):
         raise UserError(f"error: {ckpt['path']}'s optimizer state does not fit this optimizer ({e}); "
                         "start a new run") from None
     step.scheduler.load_state_dict(ckpt["scheduler"])
+    step.steps_done = ckpt.get("steps_done", ckpt["scheduler"].get("last_epoch", 0))  # older files: the LR's count
     if ckpt["scaler"]:  # empty when it ran without fp16 loss scaling: start afresh
         step.scaler.load_state_dict(ckpt["scaler"])
     position = Position(**_known(Position, ckpt["position"])) if ckpt.get("position") else None

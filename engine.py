@@ -16,7 +16,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from model import MODELS
-from optim import make_optimizer
+from optim import fade, make_optimizer
 from transforms import cutmix
 
 
@@ -75,7 +75,7 @@ class TrainStep:
 
     The loss is cross-entropy with label smoothing, on CutMixed soft targets with
     probability cutmix_p, falling by the fraction cutmix_decay of it over the
-    scheduler's steps. The scaler is enabled only for fp16 autocast; disabled, it
+    run's total_steps (fade). The scaler is enabled only for fp16 autocast; disabled, it
     passes the loss and the optimizer step through unchanged. An ema, when given,
     averages the weights and BatchNorm statistics after every step.
     """
@@ -89,6 +89,8 @@ class TrainStep:
     channels_last: bool = False  # the layout batches are given to the model in
     scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cuda", enabled=False))
     ema: AveragedModel = None  # the running average of the model, or None
+    total_steps: int = 0  # optimizer steps the whole run takes, what fading quantities count against (0: no fading)
+    steps_done: int = 0  # optimizer steps taken so far (a resumed run restores it)
 
     def __call__(self, model, images, labels):
         """Forward, backward and update on one batch (on the model's device). Returns (loss, logits, labels):
@@ -110,16 +112,16 @@ class TrainStep:
         self.scaler.update()
         if self.scheduler is not None:
             self.scheduler.step()
+        self.steps_done += 1
         if self.ema is not None:
             self.ema.update_parameters(model)
         return loss, logits, labels
 
     def cutmix_prob(self):
         """This step's CutMix probability: cutmix_p, less cutmix_decay of it in proportion to the steps taken."""
-        if self.scheduler is None:
+        if not self.total_steps:
             return self.cutmix_p
-        done = self.scheduler.last_epoch / self.scheduler.total_steps
-        return self.cutmix_p * (1 - self.cutmix_decay * done)
+        return self.cutmix_p * fade(self.steps_done, self.total_steps, self.cutmix_decay)
 
 
 def make_step(cfg, model, steps_per_epoch, num_classes):
@@ -131,7 +133,8 @@ def make_step(cfg, model, steps_per_epoch, num_classes):
     # era, not those of the last step's.
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
     return TrainStep(optimizer, scheduler, cfg.label_smoothing, cfg.cutmix_p, cfg.cutmix_decay, num_classes, cfg.amp,
-                     cfg.channels_last, torch.amp.GradScaler("cuda", enabled=fp16), ema)
+                     cfg.channels_last, torch.amp.GradScaler("cuda", enabled=fp16), ema,
+                     total_steps=cfg.epochs * steps_per_epoch)
 
 
 def final_model(model, step):

@@ -85,8 +85,17 @@ def param_groups(model, weight_decay, muon=True):
     return groups + ([{"params": [p for p in params if to_muon(p)], "muon": True}] if muon else [])
 
 
+def fade(done, total, decay):
+    """What is left of a fading quantity after `done` of `total` steps (or epochs): 1 at the start, 1 - decay at
+    `total`, linear in between. Every quantity of the recipe that fades over a run follows it, so a new one (or
+    a ramp, 1 - fade) needs no schedule object of its own."""
+    return 1 - decay * (done / max(total, 1))
+
+
 def make_optimizer(cfg, model, steps_per_epoch):
     """MuonSGD (no Muon group when cfg.muon_lr is 0) and its one-cycle schedule, stepped once per batch.
+
+    Any torch.optim.lr_scheduler can take OneCycleLR's place here: nothing else reads the scheduler's internals.
 
     One-cycle: each group's LR goes from its peak/25 up to the peak over the
     first cfg.warmup of the steps, then down to ~0 along a cosine. It also sets

@@ -14,6 +14,7 @@ import torch  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
 from config import IMAGE_SIZE  # noqa: E402
+from optim import fade  # noqa: E402
 
 
 # CIFAR-10 training-set statistics per RGB channel, on the 0-1 scale, for Normalize. The std is
@@ -88,10 +89,10 @@ def train_transforms(cfg, mean=CIFAR10_MEAN, std=CIFAR10_STD):
     )
     per_image = A.Compose([*translate, A.HorizontalFlip(p=cfg.flip_p), affine, hole], seed=cfg.seed)
 
-    def fade(epoch):  # 1 in the first epoch, falling linearly to 1 - aug_decay in the last
-        return 1 - cfg.aug_decay * epoch / max(cfg.epochs - 1, 1)
+    def aug_fade(epoch):  # the share of affine_p and hole_p that `epoch` applies (train.py counts from 1: issue 49)
+        return fade(epoch, cfg.epochs - 1, cfg.aug_decay)
 
-    return Pipeline(per_image, mean, std, fading=(affine, hole), fade=fade)
+    return Pipeline(per_image, mean, std, fading=(affine, hole), fade=aug_fade)
 
 
 def test_transforms(mean=CIFAR10_MEAN, std=CIFAR10_STD):

@@ -172,3 +172,18 @@ def test_model_report_leaves_batchnorm_statistics_alone(capsys):
 def test_curves_are_written_after_every_epoch(tmp_path, monkeypatch):
     interrupted_run(monkeypatch, tmp_path, 2)
     assert (tmp_path / "curves.png").stat().st_size > 0 and not (tmp_path / "curves.png.tmp").exists()
+
+
+def test_another_lr_scheduler_trains_with_cutmix_on(tmp_path, monkeypatch):
+    import engine
+    from optim import make_optimizer
+
+    def step_lr(cfg, model, steps_per_epoch):  # what a user's edit of optim.make_optimizer would return
+        optimizer, _ = make_optimizer(cfg, model, steps_per_epoch)
+        return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+
+    monkeypatch.setattr(engine, "make_optimizer", step_lr)
+    result = train.main(["--dry-run", "--cutmix-p=1", "--cutmix-decay=0.5", f"--out-dir={tmp_path}/run"])
+    assert [h["epoch"] for h in result["history"]] == [1, 2]
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ckpt["steps_done"] == ckpt["scheduler"]["last_epoch"] > 0  # both count every optimizer step
