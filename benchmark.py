@@ -30,9 +30,10 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 import engine
-from config import Config, UserError, host, parse_args, runtime
+from config import Config, UserError, parse_args
 from data import load_data, make_loader, synthetic, worker_count
 from model import multiply_adds
+from runtime import host, runtime
 from transforms import train_transforms
 
 

@@ -7,14 +7,10 @@ An unknown key or a value of the wrong type is a one-line error.
 import argparse
 import inspect
 import math
-import os
-import platform
 import re
 import sys
 import typing
 from dataclasses import asdict, dataclass, fields
-
-import torch
 
 from model import MODELS
 
@@ -211,51 +207,3 @@ def check(cfg):
     if len(given) > 1:
         raise UserError(f"error: {' and '.join(given)} do not combine: continue a run, evaluate one, or start "
                         "one from another's weights")
-
-
-def resolve_device(name):
-    """The one place that turns the `device` setting into a torch.device."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"error: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"error: --device={name} but no CUDA GPU is available here; use --device=auto or cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        count = torch.cuda.device_count()
-        raise UserError(f"error: --device={name} but this machine has {count} CUDA GPU(s), cuda:0 to "
-                        f"cuda:{count - 1}")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"error: --device={name} but MPS is not available here; use --device=auto or cpu")
-    return device
-
-
-def runtime(cfg):
-    """The run's device, with this process's math settings applied (CPU threads, cuDNN autotuning)."""
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
-    return device
-
-
-def host(device):
-    """What the run's speed depends on: CPU model, cores, vector/matrix instructions, threads, torch, GPU."""
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:  # Linux; elsewhere only the platform's name is known
-            info = {k.strip(): v for k, v in (line.split(":", 1) for line in f if ":" in line)}
-        cpu, flags = info["model name"].strip(), set(info["flags"].split())
-    except (OSError, KeyError):
-        pass
-    return dict(cpu=cpu, cores=os.cpu_count(), cpu_features=[f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-                                                              if f in flags],
-                threads=torch.get_num_threads(), torch=torch.__version__,
-                gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None)

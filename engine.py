@@ -213,18 +213,6 @@ def predict(model, loader, *, amp=True, channels_last=False, view=None):
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def mirror(images):
-    """(N, C, H, W) images flipped left-right."""
-    return images.flip(3)
-
-
-def shift(images, dy, dx):
-    """(N, C, H, W) images moved dy pixels down and dx right (negative: up, left), the edge reflected into the gap."""
-    pad, (h, w) = max(abs(dy), abs(dx)), images.shape[-2:]
-    padded = F.pad(images, (pad,) * 4, mode="reflect")
-    return padded[..., pad - dy:pad - dy + h, pad - dx:pad - dx + w]
-
-
 def metrics(logits, labels, device=None):
     """{'loss': mean cross-entropy per sample, 'acc': percent correct} over all samples given.
 
@@ -239,47 +227,3 @@ def metrics(logits, labels, device=None):
 def evaluate(model, loader, **kwargs):
     """Loss and accuracy over the loader's whole split, all processes' shares together under torchrun."""
     return metrics(*predict(model, loader, **kwargs), device=next(model.parameters()).device)
-
-
-def gradcam(model, images, targets, min_size=8):
-    """Grad-CAM maps (N, H, W) in [0, 1], at the images' size: where the model's features raise each target logit.
-
-    Taken at the output of the last top-level block of the model (c3 in Net) whose map is at least min_size
-    pixels a side: each channel weighted by the mean gradient of the target logit over the map, summed,
-    negatives cut (Selvaraju et al., 2017), upsampled bilinearly and scaled to a maximum of 1 per image.
-    None when no block gives such a map.
-    """
-    device = next(model.parameters()).device
-    outputs = []
-    hooks = [block.register_forward_hook(lambda m, i, o: outputs.append(o)) for block in model.children()]
-    try:
-        with torch.enable_grad():
-            logits = model.eval()(images.to(device))
-            maps = [o for o in outputs if o.dim() == 4 and min(o.shape[2:]) >= min_size]
-            if not maps:
-                return None
-            grad, = torch.autograd.grad(logits.gather(1, targets.to(device)[:, None]).sum(), maps[-1])
-    finally:
-        for hook in hooks:
-            hook.remove()
-    cam = F.relu((grad.mean((2, 3), keepdim=True) * maps[-1]).sum(1, keepdim=True))
-    cam = F.interpolate(cam, size=images.shape[2:], mode="bilinear", align_corners=False)[:, 0]
-    return (cam / cam.flatten(1).max(1).values.clamp(min=1e-12)[:, None, None]).detach().cpu()
-
-
-def misclassified(logits, labels, k=25):
-    """Indices of up to k wrong predictions, the most confident mistakes first."""
-    confidence, predicted = logits.softmax(1).max(1)
-    wrong = (predicted != labels).nonzero().flatten()
-    return wrong[confidence[wrong].argsort(descending=True)][:k]
-
-
-def confusion_matrix(logits, labels, num_classes):
-    """(C, C) counts: row = true class, column = predicted class."""
-    index = labels * num_classes + logits.argmax(1)
-    return torch.bincount(index, minlength=num_classes ** 2).reshape(num_classes, num_classes)
-
-
-def per_class_accuracy(confusion):
-    """Percent correct per true class."""
-    return 100 * confusion.diag() / confusion.sum(1).clamp(min=1)

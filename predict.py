@@ -16,8 +16,9 @@ import torch
 
 import checkpoint
 import engine
-from config import IMAGE_SIZE, UserError, resolve_device
+from config import IMAGE_SIZE, UserError
 from data import image_files, read_image
+from runtime import resolve_device
 from transforms import test_transforms
 
 

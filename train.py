@@ -24,9 +24,10 @@ import engine
 import plots
 import report
 from checkpoint import write_history_csv, write_json
-from config import Config, UserError, host, parse_args, runtime
+from config import Config, UserError, parse_args
 from data import Data, epoch_seed, load_data, make_loader, worker_count
 from model import count_params, receptive_field
+from runtime import host, runtime
 from transforms import test_transforms, train_transforms
 
 

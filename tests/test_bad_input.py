@@ -18,7 +18,8 @@ import torch
 import checkpoint
 import report
 import train
-from config import Config, UserError, parse_args, resolve_device
+from config import Config, UserError, parse_args
+from runtime import resolve_device
 from conftest import change_epoch, interrupted_run, make_image_folder
 from data import load_data, load_folder
 

@@ -1,6 +1,7 @@
 import pytest
 
-from config import Config, UserError, parse_args, recipe, resolve_device
+from config import Config, UserError, parse_args, recipe
+from runtime import resolve_device
 
 
 def test_defaults_and_overrides_in_both_forms():

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import engine
+import report
 from conftest import eval_loader
 from data import Split
 from model import Net
@@ -58,7 +59,7 @@ def test_predict_with_a_view_gives_the_logits_of_each_viewed_image():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))  # not mirror-symmetric
     x = torch.cat([images for images, _ in batches])
     plain, _ = engine.predict(model, batches)
-    mirror, labels = engine.predict(model, batches, view=engine.mirror)
+    mirror, labels = engine.predict(model, batches, view=report.mirror)
     with torch.no_grad():
         assert torch.allclose(mirror, model(x.flip(3)), atol=1e-5)
     assert not torch.allclose(mirror, plain, atol=1e-3) and labels.tolist() == list(range(6))
@@ -66,27 +67,27 @@ def test_predict_with_a_view_gives_the_logits_of_each_viewed_image():
 
 def test_shift_moves_the_pixels_and_reflects_the_edge_into_the_gap():
     x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
-    down_right = engine.shift(x, 1, 2)
+    down_right = report.shift(x, 1, 2)
     assert down_right.shape == x.shape
     assert torch.equal(down_right[..., 1:, 2:], x[..., :-1, :-2])  # every pixel one down, two right
     assert torch.equal(down_right[..., 0, 2:], x[..., 1, :-2])  # the top row: row 1 reflected over row 0
     assert torch.equal(down_right[..., 1:, 1], x[..., :-1, 1])  # the left columns: 2 and 1 reflected over 0
-    assert torch.equal(engine.shift(x, -1, -1)[..., :-1, :-1], x[..., 1:, 1:])
-    assert torch.equal(engine.shift(x, 0, 0), x)
+    assert torch.equal(report.shift(x, -1, -1)[..., :-1, :-1], x[..., 1:, 1:])
+    assert torch.equal(report.shift(x, 0, 0), x)
 
 
 def test_confusion_matrix_and_per_class_accuracy():
     labels = torch.tensor([0, 0, 1, 1, 2])
     logits = nn.functional.one_hot(torch.tensor([0, 1, 1, 1, 0]), 3).float()
-    cm = engine.confusion_matrix(logits, labels, 3)
+    cm = report.confusion_matrix(logits, labels, 3)
     assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
-    assert engine.per_class_accuracy(cm).tolist() == [50.0, 100.0, 0.0]
+    assert report.per_class_accuracy(cm).tolist() == [50.0, 100.0, 0.0]
 
 
 def test_misclassified_most_confident_first():
     labels = torch.tensor([0, 1, 2, 3])
     logits = torch.tensor([[9.0, 0, 0, 0], [3.0, 0, 0, 0], [0, 0, 0, 8.0], [0, 0, 0, 1.0]])
-    assert engine.misclassified(logits, labels).tolist() == [2, 1]
+    assert report.misclassified(logits, labels).tolist() == [2, 1]
 
 
 def test_net_overfits_a_small_batch():
@@ -186,7 +187,7 @@ def test_gradcam_peaks_where_the_target_logit_looks():
     images = torch.zeros(2, 3, 32, 32)
     images[:, 0, 2:10, 2:10] = 1.0  # red square top left: what logit 0 depends on
     images[:, 1, 20:28, 20:28] = 1.0  # green square bottom right: logit 1's
-    cam = engine.gradcam(_RedDetector(), images, torch.tensor([0, 1]))
+    cam = report.gradcam(_RedDetector(), images, torch.tensor([0, 1]))
     assert cam.shape == (2, 32, 32) and cam.max() == pytest.approx(1.0)
     for i, (rows, cols) in enumerate(((slice(2, 10), slice(2, 10)), (slice(20, 28), slice(20, 28)))):
         inside = cam[i, rows, cols]
@@ -195,4 +196,4 @@ def test_gradcam_peaks_where_the_target_logit_looks():
 
 def test_gradcam_needs_a_feature_map():
     flat = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
-    assert engine.gradcam(flat, torch.zeros(1, 3, 32, 32), torch.tensor([0])) is None
+    assert report.gradcam(flat, torch.zeros(1, 3, 32, 32), torch.tensor([0])) is None
