@@ -48,6 +48,17 @@ def recipe(epochs, model="net"):
     return dict(translate=round(grow(2, 4)), affine_p=0.25, hole_p=0.25, aug_decay=1.0, cutmix_p=0.2, cutmix_decay=1.0)
 
 
+def describe_recipe(cfg):
+    """The run's regularization in one line: 'recipe for 30 epochs: shift 4 px, affine/hole p 0.25 fading to 0, ...'."""
+    def fading(p, decay):
+        return f"p {p:g}" + (f" fading to {p * (1 - decay):g}" if decay and p else "")
+
+    spatial = (f"affine/hole {fading(cfg.affine_p, cfg.aug_decay)}" if cfg.affine_p == cfg.hole_p else
+               f"affine {fading(cfg.affine_p, cfg.aug_decay)}, hole {fading(cfg.hole_p, cfg.aug_decay)}")
+    return (f"recipe for {cfg.epochs} epochs: shift {cfg.translate} px, {spatial}, "
+            f"CutMix {fading(cfg.cutmix_p, cfg.cutmix_decay)}")
+
+
 @dataclass
 class Config:
     # data

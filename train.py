@@ -24,7 +24,7 @@ import engine
 import plots
 import report
 from checkpoint import write_history_csv, write_json
-from config import Config, UserError, parse_args
+from config import Config, UserError, describe_recipe, parse_args
 from data import Data, epoch_seed, load_data, make_loader, worker_count
 from model import count_params, receptive_field
 from runtime import host, runtime
@@ -272,7 +272,8 @@ def train_and_analyse(run, device, world):
         write_json(asdict(cfg), os.path.join(run.run_dir, "config.json"))
         if not cfg.resume:  # last.pt before the first step: even a kill in epoch 1 leaves a run to resume
             checkpoint.save(run)
-    print(f"\ntraining {cfg.epochs} epochs, {len(run.train_loader)} steps each, batch {cfg.batch_size}; "
+    print(f"\n{describe_recipe(cfg)}")
+    print(f"training {cfg.epochs} epochs, {len(run.train_loader)} steps each, batch {cfg.batch_size}; "
           f"writing {run.run_dir}")
     with stop_on_signals() as stop:  # Ctrl-C or SIGTERM: finish the current step, save, exit
         for epoch in range(run.progress.epoch + 1, cfg.epochs + 1):

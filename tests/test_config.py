@@ -1,6 +1,6 @@
 import pytest
 
-from config import Config, UserError, parse_args, recipe
+from config import Config, UserError, describe_recipe, parse_args, recipe
 from runtime import resolve_device
 
 
@@ -67,3 +67,10 @@ def test_device_resolution():
     assert resolve_device("auto").type in ("cuda", "mps", "cpu")
     with pytest.raises(UserError, match="unknown device"):
         resolve_device("tpu")
+
+
+def test_the_resolved_recipe_is_said_in_one_line():
+    assert describe_recipe(parse_args(["--epochs=30"])) == \
+        "recipe for 30 epochs: shift 4 px, affine/hole p 0.25 fading to 0, CutMix p 0.2 fading to 0"
+    assert describe_recipe(parse_args(["--hole-p=0.5", "--aug-decay=0", "--cutmix-p=0"])) == \
+        "recipe for 15 epochs: shift 2 px, affine p 0.25, hole p 0.5, CutMix p 0"
