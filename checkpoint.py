@@ -92,8 +92,8 @@ def save(run, best=False):
     state = dict(model=final.state_dict(), optimizer=run.step.optimizer.state_dict(),
                  scheduler=run.step.scheduler.state_dict(), scaler=run.step.scaler.state_dict(),
                  steps_done=run.step.steps_done, epoch=run.progress.epoch, history=run.progress.history,
-                 best_acc=run.progress.best_acc,
-                 best_epoch=run.progress.best_epoch, classes=list(run.data.classes), config=asdict(run.cfg),
+                 best_acc=run.progress.best_acc, best_epoch=run.progress.best_epoch, classes=list(run.data.classes),
+                 config=asdict(run.cfg),
                  position=asdict(run.progress.position) if run.progress.position else None)
     if final is not run.model:
         state.update(trained=run.model.state_dict(), ema_steps=int(run.step.ema.n_averaged))
