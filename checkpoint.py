@@ -15,6 +15,11 @@ from data import outermost_missing
 from engine import Position, final_model
 from model import MODELS
 
+# The weights that ship with the repository, and what they are (pretrained/README.md has their record).
+PRETRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "net.pt")
+PRETRAINED_ABOUT = ("Net trained by `python train.py` on CIFAR-10's 50,000 official training images; 87.51% on its "
+                    "10,000 test images")
+
 # The optimizer, its schedule and the weight average are built from these and restored from the checkpoint as
 # they were, so a changed value would be ignored (or, for epochs and batch_size, break the schedule): refused on
 # resume.
@@ -117,6 +122,12 @@ def load_checkpoint(path):
     ckpt["path"] = path
     ckpt["config"] = Config(**_known(Config, ckpt["config"]))
     return ckpt
+
+
+def load_pretrained():
+    """The shipped weights as a checkpoint dict of the default Net (config, classes, epoch, path)."""
+    saved = torch.load(PRETRAINED, map_location="cpu", weights_only=True)
+    return dict(saved, config=Config(), epoch=Config().epochs, path=PRETRAINED)
 
 
 def _known(cls, saved):

@@ -1,9 +1,11 @@
-"""Classify your own images with a trained checkpoint:
+"""Classify your own images, with the shipped weights or a checkpoint of train.py:
+    python predict.py PATH [PATH ...]                     (the weights in pretrained/)
     python predict.py RUN_DIR_OR_CHECKPOINT PATH [PATH ...] [--csv=predictions.csv] [--device=auto] [--batch-size=256]
 
 A PATH is an image or a folder of images (read by their bytes, like the training data; images
-that are not 32x32 are resized). Prints the top-3 classes with their probabilities per image and
-writes a CSV: path, top-1 class, its probability, the top 3.
+that are not 32x32 are resized). A first argument that is a run dir (it holds last.pt) or a .pt
+file is the checkpoint. Prints the top-3 classes with their probabilities per image and writes a
+CSV: path, top-1 class, its probability, the top 3.
 """
 import argparse
 import csv
@@ -37,6 +39,13 @@ def image_paths(paths):
     return found
 
 
+def fit(image):
+    """A uint8 (H, W, 3) RGB image at the 32x32 the nets take (area-resized when it is not)."""
+    if image.shape[:2] == (IMAGE_SIZE, IMAGE_SIZE):
+        return image
+    return cv2.resize(image, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
+
+
 def read_images(paths):
     """(image paths, uint8 (N, 32, 32, 3) RGB) for files and folders of images, resized to 32x32 where needed."""
     found = image_paths(paths)
@@ -46,15 +55,19 @@ def read_images(paths):
             image, _ = read_image(path)
         except ValueError as e:
             raise UserError(f"error: {e}; pass images only") from None
-        if image.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
-            image = cv2.resize(image, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
-        images.append(image)
+        images.append(fit(image))
     return found, np.stack(images)
 
 
+def is_checkpoint(path):
+    """Whether path names a checkpoint of train.py rather than images: a .pt path, or a run dir with last.pt."""
+    return path.endswith(".pt") or os.path.isfile(os.path.join(path, "last.pt"))
+
+
 def load_model(path, device):
-    """(model in eval mode on device, class names) from a run dir or a checkpoint of train.py."""
-    ckpt = checkpoint.load_checkpoint(path)
+    """(model in eval mode on device, class names) from a run dir or a checkpoint of train.py; from the shipped
+    weights (pretrained/net.pt) when path is None."""
+    ckpt = checkpoint.load_checkpoint(path) if path else checkpoint.load_pretrained()
     # Checkpoints from before class names were saved: number the classes (the last tensor is the output layer's)
     classes = ckpt.get("classes") or [str(i) for i in range(next(reversed(ckpt["model"].values())).shape[0])]
     model = engine.build_model(ckpt["config"], len(classes), device)
@@ -73,16 +86,24 @@ def probabilities(model, images, batch_size=256):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Classify images with a checkpoint of train.py.")
-    parser.add_argument("checkpoint", help="a run dir (its last.pt) or a .pt file written by train.py")
-    parser.add_argument("paths", nargs="+", help="images, or folders of images")
+    parser = argparse.ArgumentParser(description="Classify images with the shipped weights or a checkpoint of "
+                                     "train.py.")
+    parser.add_argument("paths", nargs="+", metavar="[CHECKPOINT] PATH",
+                        help="images, or folders of images; first, optionally, a run dir (its last.pt) or a .pt "
+                             "file written by train.py (without one: the shipped weights in pretrained/)")
     parser.add_argument("--csv", default="predictions.csv", help="where to write the predictions")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.batch_size < 1:
         raise UserError(f"error: --batch-size={args.batch_size} is invalid; it must be at least 1")
-    model, classes = load_model(args.checkpoint, resolve_device(args.device))
+    path = args.paths.pop(0) if is_checkpoint(args.paths[0]) else None
+    if not args.paths:
+        raise UserError(f"error: no images to classify; pass them after the checkpoint: python predict.py {path} "
+                        "my_images/")
+    model, classes = load_model(path, resolve_device(args.device))
+    print(f"classifying with {path}" if path else
+          f"classifying with the shipped weights ({checkpoint.PRETRAINED_ABOUT}; pretrained/README.md)")
     paths, images = read_images(args.paths)
     top_p, top_i = probabilities(model, images, args.batch_size).topk(min(3, len(classes)), dim=1)
     rows = []

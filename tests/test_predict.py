@@ -73,7 +73,7 @@ def test_bad_input_is_one_line_and_writes_no_csv(run_dir, tmp_path, make_args, w
 
 
 def test_command_line_error_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "predict.py"), str(tmp_path / "none"), str(tmp_path)],
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "predict.py"), str(tmp_path / "none.pt"), str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0 and "no checkpoint at" in proc.stderr
 
