@@ -1,9 +1,7 @@
-"""Run files: the run dir (made, locked), atomic writes, and the checkpoint format (what is saved, what is restored,
+"""Run files: the run dir (made, locked) and the checkpoint format (what is saved, what is restored,
 what a resume refuses)."""
 import contextlib
-import csv
 import fcntl
-import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -13,6 +11,7 @@ import torch
 from config import Config, UserError, flag, parse_args
 from data import outermost_missing
 from engine import Position, final_model
+from logs import write_atomic
 from model import MODELS
 
 # The weights that ship with the repository, and what they are (pretrained/README.md has their record).
@@ -71,19 +70,6 @@ def hold(run_dir):
             raise UserError(f"error: {run_dir} is in use by another run; wait for it to end, or pick another "
                             "--out-dir") from None
         yield
-
-
-def write_atomic(path, write):
-    """write(tmp_path), then rename over path: a crash, a kill or a full disk never leaves a half-written file."""
-    tmp = path + ".tmp"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise UserError(f"error: cannot write {path} ({e.strerror or e}); the file it would replace is unchanged; "
-                        "free some space or write elsewhere") from None
 
 
 def save(run, best=False):
@@ -201,19 +187,3 @@ def restore(ckpt, model, step, classes):
         step.scaler.load_state_dict(ckpt["scaler"])
     position = Position(**_known(Position, ckpt["position"])) if ckpt.get("position") else None
     return Progress(ckpt["history"], ckpt["best_acc"], ckpt["best_epoch"], position)
-
-
-def write_history_csv(history, path):
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
-    write_atomic(path, write)
-
-
-def write_json(obj, path):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-    write_atomic(path, write)

@@ -103,6 +103,7 @@ class Config:
     resume: str = ""  # run dir or checkpoint to continue from
     init_from: str = ""  # run dir or checkpoint whose weights start a new run (new optimizer and schedule)
     evaluate: str = ""  # run dir or checkpoint to evaluate on the test split (no training)
+    tensorboard: bool = False  # also log to RUN/tensorboard/ (needs pip install tensorboard; view: tensorboard --logdir runs)
     dry_run: bool = False  # whole program on a tiny synthetic dataset, a few steps, no data needed
 
     def __post_init__(self):

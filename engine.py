@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from model import MODELS
 from optim import fade, make_optimizer
@@ -154,7 +154,7 @@ class Position:
     rng: torch.Tensor = None  # torch's RNG state at the stop (dropout, CutMix)
 
 
-def train_one_epoch(model, loader, step, position=None, should_stop=None, desc="train"):
+def train_one_epoch(model, loader, step, position=None, should_stop=None, on_step=None, desc="train"):
     """One pass over loader, or its rest after `position`, one step(model, images, labels) per batch.
 
     Returns {'loss': mean per sample, 'acc': percent, 'lr': LR of the last step,
@@ -163,7 +163,8 @@ def train_one_epoch(model, loader, step, position=None, should_stop=None, desc="
     should_stop() turns true before the last batch, the epoch stops after the
     current step and 'position' says where; the figures then cover the samples
     seen so far. Pass it back (with the loader skipping the used batches) to
-    finish the epoch. desc=None: no progress bar.
+    finish the epoch. on_step(steps done, batch-mean loss, LR used), when given,
+    hears of every step. desc=None: no progress bar.
     """
     model.train()
     done = position or Position()
@@ -177,10 +178,12 @@ def train_one_epoch(model, loader, step, position=None, should_stop=None, desc="
             loss, logits, labels = step(model, images, labels)
         except FloatingPointError as e:
             raise FloatingPointError(f"{e} at step {done.step + i}") from None
-        n = labels.numel()
-        loss_sum += loss.item() * n  # loss is a batch mean
+        n, loss = labels.numel(), loss.item()
+        loss_sum += loss * n  # loss is a batch mean
         correct += (logits.argmax(1) == labels).sum().item()
         seen += n
+        if on_step is not None:
+            on_step(step.steps_done, loss, lr)
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}%", lr=f"{lr:.4f}")
         stopped = should_stop is not None and i + 1 < len(loader) and should_stop()
         if stopped:

@@ -20,6 +20,7 @@ import checkpoint
 import engine
 from config import IMAGE_SIZE, UserError
 from data import image_files, read_image
+from logs import write_atomic
 from runtime import resolve_device
 from transforms import test_transforms
 
@@ -112,7 +113,7 @@ def main(argv=None):
         rows.append({"path": path, "class": top[0][0], "probability": top[0][1],
                      "top3": " ".join(f"{c}:{q:.4f}" for c, q in top)})
         print(f"{path}: " + ", ".join(f"{c} {100 * q:.1f}%" for c, q in top))
-    checkpoint.write_atomic(args.csv, lambda tmp: _write_csv(rows, tmp))
+    write_atomic(args.csv, lambda tmp: _write_csv(rows, tmp))
     print(f"wrote {args.csv} ({len(rows)} images)")
     return rows
 

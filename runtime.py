@@ -1,8 +1,16 @@
-"""Where a run runs: the device it resolves to once, this process's math settings, and the host it reports."""
+"""Where a run runs: the device it resolves to once, this process's math settings and seeds, its place among
+torchrun's processes, the signals that stop it, and the host it reports."""
+import contextlib
 import os
 import platform
+import random
+import signal
+import sys
+import threading
 
+import numpy as np
 import torch
+import torch.distributed as dist
 
 from config import UserError
 
@@ -38,6 +46,56 @@ def runtime(cfg):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     return device
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def init_distributed(cfg, device):
+    """(rank, world size, device) under torchrun, which sets WORLD_SIZE; (0, 1, device) in a plain run.
+
+    NCCL with one GPU per process on CUDA, gloo on CPU.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.batch_size % world:
+        raise UserError(f"error: --batch-size={cfg.batch_size} is the global batch and must divide by the {world} "
+                        "processes")
+    if world == 1:
+        return 0, 1, device
+    if cfg.sync_bn and device.type != "cuda":
+        raise UserError("error: --sync-bn needs CUDA (PyTorch's SyncBatchNorm is GPU-only); leave it off on CPU")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank()
+    if rank:
+        sys.stdout = open(os.devnull, "w")  # only rank 0 prints
+    return rank, world, device
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """An Event that Ctrl-C or SIGTERM sets (a second Ctrl-C interrupts at once); old handlers come back after."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def host(device):

@@ -2,68 +2,36 @@
 python train.py --help lists every key.
 
 Writes runs/<date-time>/ (or --out-dir): config.json, history.csv, best.pt, last.pt,
-curves.png (after every epoch), misclassified.png, gradcam.png, confusion.png and summary.json.
+curves.png (after every epoch), misclassified.png, gradcam.png, confusion.png and summary.json;
+with --tensorboard also tensorboard/ (view: tensorboard --logdir runs).
 """
 import contextlib
 import math
 import os
-import random
-import signal
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, replace
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint
 import engine
-import plots
+import logs
 import report
-from checkpoint import write_history_csv, write_json
 from config import Config, UserError, describe_recipe, parse_args
 from data import Data, epoch_seed, load_data, make_loader, worker_count
+from logs import write_json
 from model import count_params, receptive_field
-from runtime import host, runtime
+from runtime import host, init_distributed, runtime, seed_everything, stop_on_signals
 from transforms import test_transforms, train_transforms
-
-
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def new_run_dir(cfg):
     default = os.path.join("runs", ("dry-run-" if cfg.dry_run else "") + time.strftime("%Y%m%d-%H%M%S"))
     path = cfg.out_dir or default
     return checkpoint.make_out_dir(path, cfg.overwrite, f"--resume={path}, ")
-
-
-def init_distributed(cfg, device):
-    """(rank, world size, device) under torchrun, which sets WORLD_SIZE; (0, 1, device) in a plain run.
-
-    NCCL with one GPU per process on CUDA, gloo on CPU.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if cfg.batch_size % world:
-        raise UserError(f"error: --batch-size={cfg.batch_size} is the global batch and must divide by the {world} "
-                        "processes")
-    if world == 1:
-        return 0, 1, device
-    if cfg.sync_bn and device.type != "cuda":
-        raise UserError("error: --sync-bn needs CUDA (PyTorch's SyncBatchNorm is GPU-only); leave it off on CPU")
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    rank = dist.get_rank()
-    if rank:
-        sys.stdout = open(os.devnull, "w")  # only rank 0 prints
-    return rank, world, device
 
 
 def prepare(cfg, device, world=1):
@@ -112,27 +80,6 @@ def evaluate_checkpoint(argv, path):
     return summary
 
 
-@contextlib.contextmanager
-def stop_on_signals():
-    """An Event that Ctrl-C or SIGTERM sets (a second Ctrl-C interrupts at once); old handlers come back after."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
-        yield stop
-        return
-
-    def handler(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 @dataclass
 class Run:
     """What the epoch loop works on: built once by main, its progress updated every epoch."""
@@ -147,6 +94,7 @@ class Run:
     run_dir: str
     rank: int
     progress: checkpoint.Progress
+    log: logs.RunLog  # where each epoch's record and each step's values go
 
 
 def start_run(cfg, ckpt, data, device, rank, world):
@@ -175,8 +123,8 @@ def start_run(cfg, ckpt, data, device, rank, world):
     elif ckpt:
         checkpoint.load_weights(model, ckpt, data.classes)
         print(f"starting from the weights of {ckpt['path']} (epoch {ckpt['epoch']}), new optimizer and schedule")
-    return Run(cfg, data, model, train_model, eval_model, step, train_loader,
-               eval_loader(data, cfg, device, rank, world), run_dir, rank, progress)
+    return Run(cfg, data, model, train_model, eval_model, step, train_loader, eval_loader(data, cfg, device, rank, world),
+               run_dir, rank, progress, logs.RunLog(cfg, run_dir, data.test_name, rank, step.steps_done))
 
 
 def held(epoch):
@@ -184,13 +132,23 @@ def held(epoch):
     return f"the end of epoch {epoch}" if epoch else "the initial weights"
 
 
-def run_epoch(run, epoch, stop):
-    """Train epoch `epoch` (or its rest after a stop inside it), evaluate, log and save.
+@contextlib.contextmanager
+def epoch_faults(run, epoch):
+    """A second Ctrl-C, or a loss or weights turned non-finite, inside epoch `epoch`: one line that says what
+    last.pt holds and what to do."""
+    try:
+        yield
+    except KeyboardInterrupt:  # a second Ctrl-C: leave now, last.pt keeps the last finished epoch
+        raise UserError(f"\ninterrupted in epoch {epoch}; {run.run_dir}/last.pt holds {held(run.progress.epoch)}; "
+                        f"continue with: python train.py --resume={run.run_dir}") from None
+    except FloatingPointError as e:
+        raise UserError(f"error: epoch {epoch}: {e}; stopped. {run.run_dir}/last.pt holds "
+                        f"{held(run.progress.epoch)}; try a lower --lr") from None
 
-    Raises UserError, after saving what can be continued, when a signal stops the run or the loss, the val loss
-    or the weights turn non-finite.
-    """
-    cfg, progress, resume_hint = run.cfg, run.progress, f"continue with: python train.py --resume={run.run_dir}"
+
+def train_epoch(run, epoch, stop):
+    """Train epoch `epoch`, or its rest after a stop inside it. A stop inside it saves where it got and raises."""
+    cfg, progress = run.cfg, run.progress
     # Everything random in an epoch follows from (seed, epoch), or from the saved state when an
     # epoch continues, so a resumed run matches an uninterrupted one.
     if progress.position:
@@ -199,51 +157,56 @@ def run_epoch(run, epoch, stop):
     else:
         torch.manual_seed(epoch_seed(cfg.seed, epoch))
         run.train_loader.sampler.set_epoch(epoch)
-    try:
-        train = engine.train_one_epoch(run.train_model, run.train_loader, run.step, position=progress.position,
-                                       should_stop=stop.is_set,
-                                       desc=f"epoch {epoch}/{cfg.epochs}" if run.rank == 0 else None)
-        chance = math.log(len(run.data.classes))  # the loss of a uniform guess
-        if train["loss"] > 10 * chance:
-            raise FloatingPointError(f"the training loss diverged ({train['loss']:.4g} per sample, over 10 times "
-                                     f"the {chance:.2f} of a uniform guess)")
-        progress.position = train["position"]
-        if progress.position:
-            if run.rank == 0:
-                checkpoint.save(run)
-            raise UserError(f"\nstopped in epoch {epoch} after step {progress.position.step}, saved in "
-                            f"{run.run_dir}/last.pt; {resume_hint}")
-        t0 = time.perf_counter()
-        final = engine.final_model(run.model, run.step)
-        for model in {run.model, final}:
-            engine.average_buffers(model)
-        test = engine.evaluate(run.eval_model if final is run.model else final, run.test_loader, amp=cfg.amp,
-                               channels_last=cfg.channels_last)
-        if not math.isfinite(test["loss"]):
-            raise FloatingPointError(f"non-finite {run.data.test_name} loss ({test['loss']})")
-        if not all(t.isfinite().all() for t in run.model.state_dict().values() if t.is_floating_point()):
-            raise FloatingPointError("non-finite weights after the epoch")
-    except KeyboardInterrupt:  # a second Ctrl-C: leave now, last.pt keeps the last finished epoch
-        raise UserError(f"\ninterrupted in epoch {epoch}; {run.run_dir}/last.pt holds {held(progress.epoch)}; "
-                        f"{resume_hint}") from None
-    except FloatingPointError as e:
-        raise UserError(f"error: epoch {epoch}: {e}; stopped. {run.run_dir}/last.pt holds {held(progress.epoch)}; "
-                        "try a lower --lr") from None
-    seconds = train["seconds"] + time.perf_counter() - t0
+    train = engine.train_one_epoch(run.train_model, run.train_loader, run.step, position=progress.position,
+                                   should_stop=stop.is_set, on_step=run.log.step,
+                                   desc=f"epoch {epoch}/{cfg.epochs}" if run.rank == 0 else None)
+    chance = math.log(len(run.data.classes))  # the loss of a uniform guess
+    if train["loss"] > 10 * chance:
+        raise FloatingPointError(f"the training loss diverged ({train['loss']:.4g} per sample, over 10 times "
+                                 f"the {chance:.2f} of a uniform guess)")
+    progress.position = train["position"]
+    if progress.position:
+        if run.rank == 0:
+            checkpoint.save(run)
+        raise UserError(f"\nstopped in epoch {epoch} after step {progress.position.step}, saved in "
+                        f"{run.run_dir}/last.pt; continue with: python train.py --resume={run.run_dir}")
+    return train
+
+
+def evaluate_epoch(run):
+    """The epoch's evaluation of the weights the run is judged by (engine.final_model), with its seconds."""
+    t0 = time.perf_counter()
+    judged = engine.final_model(run.model, run.step)
+    for model in {run.model, judged}:
+        engine.average_buffers(model)
+    runner = run.eval_model if judged is run.model else judged  # the compiled graph runs the model's own weights
+    test = engine.evaluate(runner, run.test_loader, amp=run.cfg.amp, channels_last=run.cfg.channels_last)
+    if not math.isfinite(test["loss"]):
+        raise FloatingPointError(f"non-finite {run.data.test_name} loss ({test['loss']})")
+    if not all(t.isfinite().all() for t in run.model.state_dict().values() if t.is_floating_point()):
+        raise FloatingPointError("non-finite weights after the epoch")
+    return dict(test, seconds=time.perf_counter() - t0)
+
+
+def run_epoch(run, epoch, stop):
+    """Train, evaluate, log and save epoch `epoch`. Raises UserError, after saving what can be continued, when a
+    signal stops the run or the loss, the val loss or the weights turn non-finite."""
+    with epoch_faults(run, epoch):
+        train = train_epoch(run, epoch, stop)
+        test = evaluate_epoch(run)
+    progress = run.progress
     progress.history.append(dict(epoch=epoch, train_loss=train["loss"], train_acc=train["acc"],
-                                 test_loss=test["loss"], test_acc=test["acc"], lr=train["lr"], seconds=seconds))
+                                 test_loss=test["loss"], test_acc=test["acc"], lr=train["lr"],
+                                 seconds=train["seconds"] + test["seconds"]))
     best = test["acc"] > progress.best_acc
     if best:
         progress.best_acc, progress.best_epoch = test["acc"], epoch
-    print(f"epoch {epoch:3d}/{cfg.epochs}  train loss {train['loss']:.4f} acc {train['acc']:6.2f}%  "
-          f"{run.data.test_name} loss {test['loss']:.4f} acc {test['acc']:6.2f}%  lr {train['lr']:.5f}  "
-          f"{seconds:6.1f}s{'  *' if best else ''}", flush=True)
+    run.log.epoch(progress.history[-1], best, progress.history, run.step.steps_done)
     if run.rank == 0:
         checkpoint.save(run, best)
-        write_history_csv(progress.history, os.path.join(run.run_dir, "history.csv"))
-        plots.plot_curves(progress.history, os.path.join(run.run_dir, "curves.png"), run.data.test_name)  # to watch
-    if stop.is_set() and epoch < cfg.epochs:
-        raise UserError(f"\nstopped after epoch {epoch}, saved in {run.run_dir}/last.pt; {resume_hint}")
+    if stop.is_set() and epoch < run.cfg.epochs:
+        raise UserError(f"\nstopped after epoch {epoch}, saved in {run.run_dir}/last.pt; continue with: "
+                        f"python train.py --resume={run.run_dir}")
 
 
 def finish(run, device, world):
@@ -259,6 +222,7 @@ def finish(run, device, world):
                   data=data.source, device=str(device), host=host(device), processes=world, run_dir=run.run_dir,
                   history=progress.history)
     write_json(result, os.path.join(run.run_dir, "summary.json"))
+    run.log.end(result)
     print(f"\nfinal {data.test_name} acc {final['acc']:.2f}% (best {progress.best_acc:.2f}% at epoch "
           f"{progress.best_epoch}; flip TTA {final['flip_acc']:.2f}%, flip + shift {final['flip_shift_acc']:.2f}%); "
           f"{result['train_seconds']:.0f}s of training; files in {run.run_dir}")
@@ -293,6 +257,7 @@ def main(argv=None):
     """A whole run: parse, then evaluate, or start or resume, train every epoch, and analyse the result."""
     argv = sys.argv[1:] if argv is None else list(argv)
     cfg = parse_args(argv)
+    logs.require(cfg)
     if cfg.evaluate:
         return evaluate_checkpoint(argv, cfg.evaluate)
     cfg, ckpt = checkpoint.resume(cfg.resume, argv) if cfg.resume else (cfg, None)
@@ -309,7 +274,8 @@ def main(argv=None):
     data = prepare(cfg, device, world)  # before anything is written: bad data leaves no trace
     run = start_run(cfg, ckpt, data, device, rank, world)
     with checkpoint.hold(run.run_dir) if rank == 0 else contextlib.nullcontext():  # one live run per run dir
-        return train_and_analyse(run, device, world)
+        with contextlib.closing(run.log):
+            return train_and_analyse(run, device, world)
 
 
 if __name__ == "__main__":
