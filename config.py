@@ -27,25 +27,17 @@ class UserError(Exception):
 
 
 def recipe(epochs, model="net"):
-    """The regularization of a run of `epochs` epochs of `model`: the values of the Config fields left None.
+    """What depends on the run's length: the values of the Config fields left None, for `epochs` epochs of `model`.
 
     A longer run fits the training set further, so it gets more augmentation: the
     shift grows linearly from its 15-epoch value to its 30-epoch one and stays
     there, the longest schedule it was measured at (docs/experiments.md,
     "Regularization against schedule length"), except in DilatedNet, which fits
     more slowly per epoch and keeps the 15-epoch shift: at 40 epochs the larger
-    one cost it accuracy (docs/experiments.md, "DilatedNet long runs"). Every random
-    regularizer fades to none by the end: CutMix starts on a fifth of the batches,
-    the Affine and the hole on a quarter of the images, and the low-LR end of the
-    schedule, where the net settles, sees clean whole images (docs/experiments.md,
-    "CutMix" and "Augmentation decay").
+    one cost it accuracy (docs/experiments.md, "DilatedNet long runs").
     """
     t = 0.0 if model == "dilated" else min(max((epochs - 15) / 15, 0.0), 1.0)  # 0 up to 15 epochs, 1 from 30
-
-    def grow(short, long):
-        return short + t * (long - short)
-
-    return dict(translate=round(grow(2, 4)), affine_p=0.25, hole_p=0.25, aug_decay=1.0, cutmix_p=0.2, cutmix_decay=1.0)
+    return dict(translate=round(2 + t * (4 - 2)))
 
 
 def describe_recipe(cfg):
@@ -64,6 +56,8 @@ class Config:
     # data
     data_dir: str = "data"  # CIFAR-10 download/cache dir, or an ImageFolder root with train/ and val/ or test/
     download: bool = True  # download CIFAR-10 into data_dir when it is not there (needs network)
+    val_split: int = 0  # hold out this many training images, as many per class, as the val split (0: the source's val/test)
+    split_seed: int = 0  # which images --val-split holds out (apart from --seed: all seeds share one val split)
     workers: int = -1  # DataLoader processes (0: main process; -1: auto, on CPU 0 for <= 2 cores else 2, on CUDA one per core up to 16)
     # optimisation
     epochs: int = 15  # passes over the training split
@@ -78,18 +72,20 @@ class Config:
     # model
     model: str = "net"  # net (Net: 3x3 stride-2 convs), dilated (DilatedNet: no stride) or seed (the reference, 97k)
     dropout: float = 0.0  # dropout before the classifier
-    # augmentation (Albumentations, per image, uint8); None: the value recipe(epochs, model) gives this run
+    # augmentation (Albumentations, per image, uint8). Every random regularizer fades to none by the end, so the
+    # low-LR end of the schedule, where the net settles, sees clean whole images (docs/experiments.md, "CutMix",
+    # "Augmentation decay"). None: the value recipe(epochs, model) gives a run of this length
     translate: int | None = None  # random shift by up to this many pixels: reflect-pad, then random 32x32 crop (0: off)
     flip_p: float = 0.5  # probability of a horizontal flip
     shift_limit: float = 0.0625  # max shift as a fraction of the image side
     scale_limit: float = 0.1  # max relative zoom in or out
     rotate_limit: float = 15.0  # max rotation in degrees
-    affine_p: float | None = None  # probability of the shift/scale/rotate transform
+    affine_p: float = 0.25  # probability of the shift/scale/rotate transform (0.25 beat 0.5)
     hole_size: int = 16  # CoarseDropout: side of the single square hole, in pixels (filled with the dataset mean)
-    hole_p: float | None = None  # probability of the hole
-    aug_decay: float | None = None  # fraction of affine_p and hole_p shed linearly over the epochs (1: none in the last)
-    cutmix_p: float | None = None  # probability that a training batch is CutMixed (0: off)
-    cutmix_decay: float | None = None  # fraction of cutmix_p shed linearly over the run (1: none at the end)
+    hole_p: float = 0.25  # probability of the hole
+    aug_decay: float = 1.0  # fraction of affine_p and hole_p shed linearly over the epochs (1: none in the last)
+    cutmix_p: float = 0.2  # probability that a training batch is CutMixed (0: off)
+    cutmix_decay: float = 1.0  # fraction of cutmix_p shed linearly over the run (1: none at the end)
     # run
     seed: int = 0  # seeds weights, data order and augmentation
     device: str = "auto"  # auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu
@@ -107,7 +103,7 @@ class Config:
     dry_run: bool = False  # whole program on a tiny synthetic dataset, a few steps, no data needed
 
     def __post_init__(self):
-        """Fill the fields left None from recipe(epochs, model): Config(epochs=60) gets 60 epochs' regularization."""
+        """Fill the fields left None from recipe(epochs, model): Config(epochs=60) gets 60 epochs' shift."""
         for name, value in recipe(self.epochs, self.model).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
@@ -148,7 +144,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _value_type(annotation):
-    """The type a field's text parses to: float for `float` and for `float | None` (a field recipe() fills)."""
+    """The type a field's text parses to: int for `int` and for `int | None` (a field recipe() fills)."""
     kinds = [t for t in typing.get_args(annotation) if t is not type(None)]
     return kinds[0] if kinds else annotation
 
@@ -191,6 +187,7 @@ def check(cfg):
         ("data_dir", cfg.data_dir != "", "a folder"),
         ("epochs", cfg.epochs >= 1, "at least 1"),
         ("batch_size", cfg.batch_size >= 1, "at least 1"),
+        ("val_split", cfg.val_split >= 0, "0 (the source's own split) or a number of images"),
         ("workers", cfg.workers >= -1, "0 or more, or -1 for auto"),
         ("threads", cfg.threads >= 0, "0 or more"),
         ("lr", cfg.lr > 0, "positive"),

@@ -4,13 +4,14 @@ Three sources, each decoded once into memory as uint8 (N, 32, 32, 3) RGB:
   - an ImageFolder-style directory: train/<class>/* and val/<class>/* or test/<class>/*
   - torchvision's CIFAR-10 in data_dir, downloaded when missing and the network is there
   - a tiny synthetic set for --dry-run
+--val-split=N then holds out N of its training images, class-balanced and seeded, as the evaluation split.
 """
 import os
 import random
 import shutil
 import signal
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -150,15 +151,43 @@ def synthetic(n_train=64, n_test=32, seed=0):
     return Data(split(n_train), split(n_test), CIFAR10_CLASSES, "synthetic (dry run)", "test")
 
 
+def hold_out(data, n, seed):
+    """data whose evaluation split is n of its training images, n / classes of each class, chosen by seed alone.
+
+    The split seed is not the run's seed, so every seed of an experiment is scored on the same images, and anyone
+    with the same training images (in the same order) rebuilds the same split. The source's own val or test
+    split is set aside unused.
+    """
+    labels, classes = data.train.labels, len(data.classes)
+    per_class, left = divmod(n, classes)
+    if left:
+        raise UserError(f"error: --val-split={n} cannot hold out the same number of each of {classes} classes; "
+                        f"pass a multiple of {classes}")
+    counts = np.bincount(labels, minlength=classes)
+    if per_class >= counts.min():
+        raise UserError(f"error: --val-split={n} holds out {per_class} images per class, but class "
+                        f"{data.classes[counts.argmin()]} has {counts.min():,} training images; pass a smaller N")
+    rng = np.random.default_rng(seed)
+    val = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(classes)]))
+    train = np.setdiff1d(np.arange(len(labels)), val)
+    return replace(data, train=Split(data.train.images[train], labels[train]),
+                   test=Split(data.train.images[val], labels[val]), test_name="val",
+                   source=f"{data.source}, {n:,} training images held out as val (split seed {seed}; its "
+                          f"{data.test_name} split unused)")
+
+
 def load_data(cfg):
-    """The Data that cfg names: synthetic for a dry run, else a folder tree or torchvision's CIFAR-10 in data_dir."""
+    """The Data that cfg names: synthetic for a dry run, else a folder tree or torchvision's CIFAR-10 in data_dir;
+    with --val-split, n of its training images held out as the evaluation split."""
     if cfg.dry_run:
-        return synthetic(seed=cfg.seed)
-    if os.path.exists(cfg.data_dir) and not os.path.isdir(cfg.data_dir):
+        data = synthetic(seed=cfg.seed)
+    elif os.path.exists(cfg.data_dir) and not os.path.isdir(cfg.data_dir):
         raise UserError(f"error: --data-dir={cfg.data_dir} is a file; pass the folder that holds the data")
-    if os.path.isdir(os.path.join(cfg.data_dir, "train")):
-        return load_folder(cfg.data_dir)
-    return load_cifar10(cfg.data_dir, cfg.download)
+    elif os.path.isdir(os.path.join(cfg.data_dir, "train")):
+        data = load_folder(cfg.data_dir)
+    else:
+        data = load_cifar10(cfg.data_dir, cfg.download)
+    return hold_out(data, cfg.val_split, cfg.split_seed) if cfg.val_split else data
 
 
 class AugmentedDataset(torch.utils.data.Dataset):

@@ -15,8 +15,8 @@ def test_epochs_alone_select_the_recipe_and_given_flags_win():
         expected = recipe(epochs)
         assert {k: getattr(parse_args([f"--epochs={epochs}"]), k) for k in expected} == expected
         assert {k: getattr(Config(epochs=epochs), k) for k in expected} == expected
-        # The required augmentations stay on in every recipe.
-        assert min(expected["affine_p"], expected["hole_p"], expected["cutmix_p"], Config().flip_p) > 0
+    # The required augmentations stay on at every length.
+    assert min(Config().affine_p, Config().hole_p, Config().cutmix_p, Config().flip_p) > 0
     assert recipe(30) != recipe(15)
     # DilatedNet keeps the 15-epoch shift at every length; Net's grows.
     assert parse_args(["--model=dilated", "--epochs=40"]).translate == recipe(15)["translate"] < recipe(40)["translate"]
@@ -33,7 +33,9 @@ def test_help_lists_every_field_with_default_and_comment(capsys):
     for field in Config.__dataclass_fields__:
         assert "--" + field.replace("_", "-") in text
     assert "passes over the training split (default: 15)" in text
-    assert f"CutMixed (0: off) (default: recipe(epochs, model) in config.py; {recipe(15)['cutmix_p']} at 15 epochs)" in text
+    assert f"random 32x32 crop (0: off) (default: recipe(epochs, model) in config.py; {recipe(15)['translate']} at 15 " \
+           "epochs)" in text
+    assert "CutMixed (0: off) (default: 0.2)" in text
 
 
 @pytest.mark.parametrize("argv, words", [

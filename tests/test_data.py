@@ -9,7 +9,7 @@ import torch
 import engine
 from config import Config, UserError
 from conftest import make_image_folder
-from data import load_data, load_folder, make_loader, synthetic
+from data import Data, Split, hold_out, load_data, load_folder, make_loader, synthetic
 from model import Net
 import transforms as T
 
@@ -46,6 +46,42 @@ def test_load_data_on_a_missing_folder_raises_a_user_error_in_process(tmp_path):
     with pytest.raises(UserError, match="--data-dir=PATH") as e:
         load_data(Config(data_dir=str(tmp_path / "missing"), download=False))
     assert str(e.value).startswith("error:") and "\n" not in str(e.value)
+
+
+def numbered(per_class=(7, 5, 9)):
+    """Data whose training image i is filled with the value i (so an image names its index), classes of uneven size."""
+    labels = np.repeat(np.arange(len(per_class)), per_class)[np.random.default_rng(0).permutation(sum(per_class))]
+    images = np.broadcast_to(np.arange(len(labels), dtype=np.uint8)[:, None, None, None], (len(labels), 32, 32, 3))
+    return Data(Split(images.copy(), labels), Split(images[:2].copy(), labels[:2]), ("a", "b", "c"), "made", "test")
+
+
+def test_val_split_holds_out_a_balanced_disjoint_seeded_share_of_train():
+    data = numbered()
+    split = hold_out(data, 12, seed=0)
+    held, kept = split.test.images[:, 0, 0, 0].tolist(), split.train.images[:, 0, 0, 0].tolist()
+    assert sorted(held + kept) == list(range(21)) and not set(held) & set(kept)  # disjoint, nothing lost
+    assert np.bincount(split.test.labels).tolist() == [4, 4, 4]  # balanced, though the classes are not
+    assert all(data.train.labels[i] == label for i, label in zip(held, split.test.labels))  # labels travel along
+    assert split.test_name == "val" and "12 training images held out" in split.source
+    again, other = hold_out(data, 12, seed=0), hold_out(data, 12, seed=1)
+    assert np.array_equal(again.test.images, split.test.images) and np.array_equal(again.train.labels, split.train.labels)
+    assert not np.array_equal(other.test.images, split.test.images)
+
+
+@pytest.mark.parametrize("n, words", [(10, "multiple of 3"), (15, "class b has 5 training images")])
+def test_val_split_that_cannot_be_balanced_is_one_line(n, words):
+    with pytest.raises(UserError, match=words) as e:
+        hold_out(numbered(), n, seed=0)
+    assert "\n" not in str(e.value)
+
+
+def test_val_split_from_the_command_line_keeps_its_split_apart_from_the_run_seed(tmp_path):
+    folder = str(make_image_folder(tmp_path, per_class=(6, 2), classes=3))
+    runs = [load_data(Config(data_dir=folder, val_split=6, seed=seed)) for seed in (0, 1)]
+    assert [len(d.train.labels) for d in runs] == [12, 12] and np.bincount(runs[0].test.labels).tolist() == [2, 2, 2]
+    assert np.array_equal(runs[0].test.images, runs[1].test.images)  # every seed is scored on the same images
+    moved = load_data(Config(data_dir=folder, val_split=6, split_seed=1))
+    assert not np.array_equal(moved.test.images, runs[0].test.images)
 
 
 def test_augmentation_is_the_same_whatever_the_worker_count():

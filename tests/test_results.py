@@ -62,7 +62,8 @@ ROWS = results_table()
 # A row may name a run nobody has made yet (a schedule too long for the CPU): its command, no figures.
 MEASURED = [row for row in ROWS if row["val acc"] != "not measured"]
 # Config fields added after some records were written, and the value that behaves as the code did before.
-BEFORE_IT_EXISTED = dict(translate=0, ema=0.0, init_from="", cutmix_decay=0.0, aug_decay=0.0, tensorboard=False)
+BEFORE_IT_EXISTED = dict(translate=0, ema=0.0, init_from="", cutmix_decay=0.0, aug_decay=0.0, tensorboard=False,
+                         val_split=0, split_seed=0)
 
 
 def test_the_table_has_rows():
