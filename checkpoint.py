@@ -10,7 +10,7 @@ import torch
 
 from config import Config, UserError, flag, parse_args
 from data import outermost_missing
-from engine import Position, final_model
+from engine import Position, build_model, final_model
 from logs import write_atomic
 from model import MODELS
 
@@ -162,6 +162,17 @@ def load_weights(model, ckpt, classes):
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
         raise UserError(f"error: checkpoint does not fit this model ({first}); "
                         "use the config it was trained with") from None
+
+
+def load_model(path, device):
+    """(model in eval mode on device, class names) from a run dir or a checkpoint of train.py; from the shipped
+    weights (pretrained/net.pt) when path is None."""
+    ckpt = load_checkpoint(path) if path else load_pretrained()
+    # Checkpoints from before class names were saved: number the classes (the last tensor is the output layer's)
+    classes = ckpt.get("classes") or [str(i) for i in range(next(reversed(ckpt["model"].values())).shape[0])]
+    model = build_model(ckpt["config"], len(classes), device)
+    load_weights(model, ckpt, classes)
+    return model.eval(), classes
 
 
 def _names(classes):

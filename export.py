@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-import predict
+import checkpoint
 from config import IMAGE_SIZE, UserError
 from logs import write_atomic
 from transforms import CIFAR10_MEAN, CIFAR10_STD
@@ -100,7 +100,7 @@ def main(argv=None):
     require()
     if os.path.exists(args.out) and not args.overwrite:
         raise UserError(f"error: {args.out} exists; pick another --out, or --overwrite")
-    model, classes = predict.load_model(args.checkpoint, torch.device("cpu"))
+    model, classes = checkpoint.load_model(args.checkpoint, torch.device("cpu"))
     deployable = export(model, classes, args.out)
     print(f"wrote {args.out} ({os.path.getsize(args.out):,} bytes): uint8 RGB (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3) "
           f"-> logits (N, {len(classes)}); classes {', '.join(classes)}")

@@ -12,8 +12,7 @@ import numpy as _np
 import checkpoint as _checkpoint
 import model as _model
 from config import UserError as _UserError
-from predict import fit as _fit
-from transforms import test_transforms as _test_transforms
+from transforms import fit as _fit, test_transforms as _test_transforms
 
 # Imported names start with "_" so that torch.hub's listing of entry points shows only the ones below.
 

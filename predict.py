@@ -12,17 +12,16 @@ import csv
 import os
 import sys
 
-import cv2
 import numpy as np
 import torch
 
 import checkpoint
 import engine
-from config import IMAGE_SIZE, UserError
+from config import UserError
 from data import image_files, read_image
 from logs import write_atomic
 from runtime import resolve_device
-from transforms import test_transforms
+from transforms import fit, test_transforms
 
 
 def image_paths(paths):
@@ -38,13 +37,6 @@ def image_paths(paths):
     if not found:
         raise UserError(f"error: no images in {', '.join(paths)}")
     return found
-
-
-def fit(image):
-    """A uint8 (H, W, 3) RGB image at the 32x32 the nets take (area-resized when it is not)."""
-    if image.shape[:2] == (IMAGE_SIZE, IMAGE_SIZE):
-        return image
-    return cv2.resize(image, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
 
 
 def read_images(paths):
@@ -63,17 +55,6 @@ def read_images(paths):
 def is_checkpoint(path):
     """Whether path names a checkpoint of train.py rather than images: a .pt path, or a run dir with last.pt."""
     return path.endswith(".pt") or os.path.isfile(os.path.join(path, "last.pt"))
-
-
-def load_model(path, device):
-    """(model in eval mode on device, class names) from a run dir or a checkpoint of train.py; from the shipped
-    weights (pretrained/net.pt) when path is None."""
-    ckpt = checkpoint.load_checkpoint(path) if path else checkpoint.load_pretrained()
-    # Checkpoints from before class names were saved: number the classes (the last tensor is the output layer's)
-    classes = ckpt.get("classes") or [str(i) for i in range(next(reversed(ckpt["model"].values())).shape[0])]
-    model = engine.build_model(ckpt["config"], len(classes), device)
-    checkpoint.load_weights(model, ckpt, classes)
-    return model.eval(), classes
 
 
 @torch.no_grad()
@@ -102,7 +83,7 @@ def main(argv=None):
     if not args.paths:
         raise UserError(f"error: no images to classify; pass them after the checkpoint: python predict.py {path} "
                         "my_images/")
-    model, classes = load_model(path, resolve_device(args.device))
+    model, classes = checkpoint.load_model(path, resolve_device(args.device))
     print(f"classifying with {path}" if path else
           f"classifying with the shipped weights ({checkpoint.PRETRAINED_ABOUT}; pretrained/README.md)")
     paths, images = read_images(args.paths)

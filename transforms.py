@@ -95,6 +95,13 @@ def train_transforms(cfg, mean=CIFAR10_MEAN, std=CIFAR10_STD):
     return Pipeline(per_image, mean, std, fading=(affine, hole), fade=aug_fade)
 
 
+def fit(image):
+    """A uint8 (H, W, 3) RGB image at the 32x32 the nets take (area-resized when it is not)."""
+    if image.shape[:2] == (IMAGE_SIZE, IMAGE_SIZE):
+        return image
+    return cv2.resize(image, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
+
+
 def test_transforms(mean=CIFAR10_MEAN, std=CIFAR10_STD):
     return Pipeline(None, mean, std)
 
