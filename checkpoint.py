@@ -2,6 +2,7 @@
 what a resume refuses)."""
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -55,6 +56,18 @@ def make_out_dir(path, overwrite, instead):
             shutil.rmtree(created, ignore_errors=True)
         raise UserError(f"error: cannot write to output dir {path} ({e.strerror}); pick another --out-dir") from None
     return path
+
+
+def holds_real_run(path):
+    """Whether path holds files of a run that trained on real data (a checkpoint, or a config.json that is not a
+    dry run's)."""
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            return not json.load(f).get("dry_run", False)
+    except FileNotFoundError:
+        return os.path.exists(os.path.join(path, "last.pt"))
+    except (OSError, ValueError, AttributeError):  # unreadable or not a Config's: assume it matters
+        return True
 
 
 @contextlib.contextmanager
@@ -130,6 +143,8 @@ def with_overrides(ckpt, argv, fixed=(), **base):
     """
     saved = ckpt["config"]
     cfg = parse_args(argv, base=replace(saved, **base))
+    if cfg.dry_run and not saved.dry_run:  # made-up data must never train or score a real run's weights
+        raise UserError(f"error: {ckpt['path']} is a real run's; a dry run never reads or writes one: drop --dry-run")
     if cfg.model != saved.model:  # name the flag to drop, not a load_state_dict size mismatch
         raise UserError(f"error: {ckpt['path']} holds a --model={saved.model} network; drop --model={cfg.model}")
     for name in fixed:

@@ -31,6 +31,8 @@ from transforms import test_transforms, train_transforms
 def new_run_dir(cfg):
     default = os.path.join("runs", ("dry-run-" if cfg.dry_run else "") + time.strftime("%Y%m%d-%H%M%S"))
     path = cfg.out_dir or default
+    if cfg.dry_run and checkpoint.holds_real_run(path):  # even with --overwrite
+        raise UserError(f"error: {path} holds a real run; a dry run never writes over one: pick another --out-dir")
     return checkpoint.make_out_dir(path, cfg.overwrite, f"--resume={path}, ")
 
 
@@ -98,15 +100,10 @@ class Run:
 
 
 def start_run(cfg, ckpt, data, device, rank, world):
-    """The Run of this config: its dir (made, nothing written in it yet), loaders, model and training step.
+    """The Run of this config: loaders, model and training step, and its dir (made, nothing written in it yet).
 
     ckpt: the checkpoint to continue (cfg.resume) or whose weights start this run (cfg.init_from), or None.
     """
-    run_dir = os.path.dirname(ckpt["path"]) if cfg.resume else new_run_dir(cfg) if rank == 0 else None
-    if world > 1:
-        box = [run_dir]
-        dist.broadcast_object_list(box)  # every rank writes nothing, but must agree on where rank 0 does
-        run_dir = box[0]
     train_loader = make_loader(data.train, train_transforms(cfg), cfg, device, train=True, rank=rank, world=world)
     model = engine.build_model(cfg, len(data.classes), device)
     report.print_model_report(model, device)
@@ -123,6 +120,12 @@ def start_run(cfg, ckpt, data, device, rank, world):
     elif ckpt:
         checkpoint.load_weights(model, ckpt, data.classes)
         print(f"starting from the weights of {ckpt['path']} (epoch {ckpt['epoch']}), new optimizer and schedule")
+    # Made last: weights that do not fit (other classes, another --model) leave no empty folder behind.
+    run_dir = os.path.dirname(ckpt["path"]) if cfg.resume else new_run_dir(cfg) if rank == 0 else None
+    if world > 1:
+        box = [run_dir]
+        dist.broadcast_object_list(box)  # every rank writes nothing, but must agree on where rank 0 does
+        run_dir = box[0]
     return Run(cfg, data, model, train_model, eval_model, step, train_loader, eval_loader(data, cfg, device, rank, world),
                run_dir, rank, progress, logs.RunLog(cfg, run_dir, data.test_name, rank, step.steps_done))
 

@@ -115,6 +115,42 @@ def test_non_finite_weights_after_an_epoch_stop_the_run(tmp_path, monkeypatch):
     assert one_line(e) and weights(tmp_path)["epoch"] == 0
 
 
+@pytest.fixture(scope="module")
+def real_run(folder, tmp_path_factory):
+    """A finished 1-epoch run on real (tiny) image files, and another stopped inside its first epoch."""
+    out = tmp_path_factory.mktemp("real")
+    train.main([f"--data-dir={folder}", f"--out-dir={out / 'done'}", "--epochs=1", "--batch-size=100"])
+    return out / "done"
+
+
+def files_of(run_dir):
+    return {p.name: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+@pytest.mark.parametrize("argv", [["--resume={run}"], ["--evaluate={run}"], ["--evaluate={run}/best.pt"],
+                                  ["--out-dir={run}", "--overwrite"]])
+def test_a_dry_run_never_reads_or_writes_a_real_run(real_run, argv):
+    before = files_of(real_run)
+    with pytest.raises(UserError, match="dry run never") as e:
+        train.main(["--dry-run", *(a.format(run=real_run) for a in argv)])
+    assert one_line(e) and files_of(real_run) == before and not (real_run / "evaluate").exists()
+
+
+def test_a_real_run_stopped_inside_an_epoch_is_not_resumed_by_a_dry_run(folder, tmp_path, monkeypatch):
+    interrupted_run(monkeypatch, tmp_path, 1, f"--data-dir={folder}", "--dry-run=false", "--batch-size=100")
+    before = files_of(tmp_path)
+    with pytest.raises(UserError, match="real run's; a dry run never") as e:
+        train.main(["--dry-run", f"--resume={tmp_path}"])
+    assert one_line(e) and files_of(tmp_path) == before
+
+
+def test_init_from_a_run_of_other_classes_is_one_line_and_leaves_no_folder(real_run, tmp_path):
+    before = files_of(real_run)
+    with pytest.raises(UserError, match="use data with the same classes") as e:  # class0..9 against CIFAR's
+        train.main(["--dry-run", f"--init-from={real_run}", f"--out-dir={tmp_path / 'new'}"])
+    assert one_line(e) and files_of(real_run) == before and not (tmp_path / "new").exists()
+
+
 @pytest.mark.parametrize("argv", [["--resume=a", "--evaluate=b"], ["--init-from=a", "--resume=b"],
                                   ["--evaluate=a", "--init-from=b"]])
 def test_modes_that_do_not_combine_are_refused(argv):
