@@ -22,11 +22,24 @@ def write_atomic(path, write):
     try:
         write(tmp)
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
+        # torch.save reports a failed write as a RuntimeError of its zip writer (inline_container.cc), not OSError
+        if isinstance(e, RuntimeError) and "inline_container" not in str(e) and "StreamWriter" not in str(e):
+            raise
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        raise UserError(f"error: cannot write {path} ({e.strerror or e}); the file it would replace is unchanged; "
+        raise UserError(f"error: cannot write {path} ({_reason(e, path)}); the file it would replace is unchanged; "
                         "free some space or write elsewhere") from None
+
+
+def _reason(error, path):
+    """Why a write failed, in words: the OS's, or for torch's zip writer whether the disk is full."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    with contextlib.suppress(OSError):
+        if os.statvfs(os.path.dirname(os.path.abspath(path))).f_bavail == 0:
+            return "No space left on device"
+    return str(error).splitlines()[0]
 
 
 def write_json(obj, path):

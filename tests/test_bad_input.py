@@ -1,5 +1,4 @@
 """Bad input and awkward moments: each gets one clear line (or works), and nothing half-written is left behind."""
-import errno
 import json
 import os
 import re
@@ -246,21 +245,52 @@ def test_an_out_dir_that_cannot_be_made_leaves_no_folders(tmp_path):
     assert one_line(e) and os.listdir(tmp_path) == []
 
 
-def test_a_full_disk_keeps_the_last_good_checkpoint_and_leaves_no_temp_file(tmp_path, monkeypatch):
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MB filesystem (a tmpfs), where the machine lets the tests mount one (as root)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+                                           capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield disk
+    subprocess.run(["umount", "--lazy", str(disk)], check=True)  # lazy: the test's traceback may hold a file open
+
+
+def test_a_really_full_disk_keeps_the_last_good_checkpoint_and_leaves_no_temp_file(small_disk):
+    out = small_disk / "run"  # 2 MB: the initial last.pt fits (0.8 MB), epoch 1's last.pt and best.pt do not
+    with pytest.raises(UserError, match="No space left on device.*unchanged") as e:
+        train.main(["--dry-run", f"--out-dir={out}"])
+    assert one_line(e) and not list(out.glob("*.tmp"))
+    assert weights(out)["epoch"] in (0, 1)  # a whole checkpoint, the last that fitted
+
+
+def test_torch_s_own_write_error_is_one_line_and_leaves_no_temp_file(tmp_path, monkeypatch):
     real_save = torch.save
     saves = []
 
-    def disk_full_on_third(obj, path):
+    def disk_full_on_second(obj, path):  # what torch.save raises when the disk fills under its zip writer
         saves.append(path)
         if len(saves) == 2:  # the initial last.pt, then epoch 1's
-            raise OSError(errno.ENOSPC, "No space left on device")
+            open(path, "wb").write(b"half")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1005120 vs 1005008")
         real_save(obj, path)
 
-    monkeypatch.setattr(torch, "save", disk_full_on_third)
-    with pytest.raises(UserError, match="No space left on device.*unchanged") as e:
+    monkeypatch.setattr(torch, "save", disk_full_on_second)
+    with pytest.raises(UserError, match="unexpected pos.*unchanged") as e:
         train.main(["--dry-run", f"--out-dir={tmp_path}"])
     assert one_line(e) and not list(tmp_path.glob("*.tmp"))
     assert weights(tmp_path)["epoch"] == 0
+
+
+def test_an_error_that_is_not_a_write_error_is_not_reported_as_one(tmp_path):
+    from logs import write_atomic
+
+    def buggy(tmp):
+        raise RuntimeError("a bug in the writer")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        write_atomic(str(tmp_path / "f"), buggy)
 
 
 # --- checkpoints and evaluation ---------------------------------------------------------------------------------
