@@ -158,7 +158,11 @@ def with_overrides(ckpt, argv, fixed=(), **base):
 def resume(path, argv):
     """(config, checkpoint) to continue the run at path: its config under argv's overrides, minus the refused."""
     ckpt = load_checkpoint(path)
-    return replace(with_overrides(ckpt, argv, FIXED_ON_RESUME), resume=path), ckpt
+    cfg, run_dir = with_overrides(ckpt, argv, FIXED_ON_RESUME), os.path.dirname(ckpt["path"])
+    if cfg.out_dir != ckpt["config"].out_dir and os.path.realpath(cfg.out_dir) != os.path.realpath(run_dir):
+        raise UserError(f"error: --resume continues in {run_dir}; drop --out-dir (to train from its weights "
+                        f"elsewhere: --init-from={path} --out-dir={cfg.out_dir})")
+    return replace(cfg, resume=path), ckpt
 
 
 def load_weights(model, ckpt, classes):

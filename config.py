@@ -98,7 +98,7 @@ class Config:
     overwrite: bool = False  # allow out_dir to be a directory that already holds files
     resume: str = ""  # run dir or checkpoint to continue from
     init_from: str = ""  # run dir or checkpoint whose weights start a new run (new optimizer and schedule)
-    evaluate: str = ""  # run dir or checkpoint to evaluate on the test split (no training)
+    evaluate: str = ""  # run dir or checkpoint to evaluate on the data's evaluation split, val/ or test/ (no training)
     tensorboard: bool = False  # also log to RUN/tensorboard/ (needs pip install tensorboard; view: tensorboard --logdir runs)
     dry_run: bool = False  # whole program on a tiny synthetic dataset, a few steps, no data needed
 

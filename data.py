@@ -79,6 +79,9 @@ def image_files(folder):
 def _read_folder_split(root, classes=None):
     """(Split, class names, how many images were converted) of root/<class>/*."""
     found = [d.name for d in _visible(os.scandir(root)) if d.is_dir()]
+    if classes is None and len(found) < 2:  # one class trains to "100%" at loss 0 and learns nothing
+        raise UserError(f"error: {root} has {len(found)} class folder{'s' * (len(found) != 1)} "
+                        f"{found or ''}; a classifier needs at least two (train/<class>/*)")
     classes = classes or tuple(found)
     if tuple(found) != tuple(classes):
         raise UserError(f"error: {root} has classes {found}, but train/ has {list(classes)}; the splits must match")
@@ -109,8 +112,12 @@ def load_folder(root):
     train, classes, converted = _read_folder_split(os.path.join(root, "train"))
     test, _, converted_test = _read_folder_split(os.path.join(root, test_name), classes)
     converted += converted_test
-    note = f"{converted:,} grayscale, RGBA or 16-bit images were converted to 8-bit RGB" if converted else ""
-    return Data(train, test, classes, f"folder {root}", test_name, note)
+    notes = [f"{converted:,} grayscale, RGBA or 16-bit images were converted to 8-bit RGB"] if converted else []
+    twins = sorted({c for c in classes if sum(d.lower() == c.lower() for d in classes) > 1})
+    if twins:  # on a case-insensitive disk these would be one folder: likely one class, typed two ways
+        notes.append(f"class folders {', '.join(twins)} differ only in case and count as {len(twins)} classes; "
+                     "merge them if they are one")
+    return Data(train, test, classes, f"folder {root}", test_name, "; ".join(notes))
 
 
 def outermost_missing(path):
@@ -119,6 +126,13 @@ def outermost_missing(path):
     while not os.path.exists(path):
         path, missing = os.path.dirname(path), path
     return missing
+
+
+def looks_like_a_split(root):
+    """Whether root is one split of an image folder (its subfolders hold images) rather than a data root."""
+    with os.scandir(root) as entries:
+        folders = [e.path for e in _visible(entries) if e.is_dir() and e.name != "cifar-10-batches-py"]
+    return any(image_files(f) for f in folders[:20])
 
 
 def load_cifar10(root, download):
@@ -185,6 +199,10 @@ def load_data(cfg):
         raise UserError(f"error: --data-dir={cfg.data_dir} is a file; pass the folder that holds the data")
     elif os.path.isdir(os.path.join(cfg.data_dir, "train")):
         data = load_folder(cfg.data_dir)
+    elif os.path.isdir(cfg.data_dir) and looks_like_a_split(cfg.data_dir):  # not a cache to download CIFAR-10 into
+        parent = os.path.dirname(os.path.abspath(cfg.data_dir))
+        raise UserError(f"error: {cfg.data_dir} holds class folders of images, not train/ and val/; pass the folder "
+                        f"above them (--data-dir={parent}) or arrange them as DIR/train/<class>/*, DIR/val/<class>/*")
     else:
         data = load_cifar10(cfg.data_dir, cfg.download)
     return hold_out(data, cfg.val_split, cfg.split_seed) if cfg.val_split else data

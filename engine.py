@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from config import UserError
 from model import MODELS
 from optim import fade, make_optimizer
 from transforms import cutmix
@@ -127,6 +128,10 @@ class TrainStep:
 def make_step(cfg, model, steps_per_epoch, num_classes):
     """The TrainStep of cfg's recipe for this model: optimizer, LR schedule, loss, mixed precision."""
     device = next(model.parameters()).device
+    total = cfg.epochs * steps_per_epoch
+    if float(cfg.warmup * total) - 1 == 0:  # OneCycleLR would divide by its warm-up length minus one step
+        raise UserError(f"error: --warmup={cfg.warmup} of {total} steps is exactly one warm-up step, which the "
+                        "one-cycle schedule cannot take; pick another --warmup")
     optimizer, scheduler = make_optimizer(cfg, model, steps_per_epoch)
     fp16 = cfg.amp and device.type == "cuda" and amp_dtype(device) == torch.float16
     # BatchNorm statistics are averaged too (use_buffers): the average gets the statistics of its own weights'

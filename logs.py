@@ -22,12 +22,13 @@ def write_atomic(path, write):
     try:
         write(tmp)
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        # torch.save reports a failed write as a RuntimeError of its zip writer (inline_container.cc), not OSError
-        if isinstance(e, RuntimeError) and "inline_container" not in str(e) and "StreamWriter" not in str(e):
-            raise
+    except BaseException as e:  # whatever stops the write (a bug and Ctrl-C too) leaves no temp file
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        # torch.save reports a failed write as a RuntimeError of its zip writer (inline_container.cc), not OSError
+        if not (isinstance(e, OSError) or isinstance(e, RuntimeError) and ("inline_container" in str(e)
+                                                                           or "StreamWriter" in str(e))):
+            raise
         raise UserError(f"error: cannot write {path} ({_reason(e, path)}); the file it would replace is unchanged; "
                         "free some space or write elsewhere") from None
 

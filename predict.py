@@ -84,7 +84,7 @@ def main(argv=None):
         raise UserError(f"error: no images to classify; pass them after the checkpoint: python predict.py {path} "
                         "my_images/")
     model, classes = checkpoint.load_model(path, resolve_device(args.device))
-    print(f"classifying with {path}" if path else
+    print(f"classifying with {shown(path)}" if path else
           f"classifying with the shipped weights ({checkpoint.PRETRAINED_ABOUT}; pretrained/README.md)")
     paths, images = read_images(args.paths)
     top_p, top_i = probabilities(model, images, args.batch_size).topk(min(3, len(classes)), dim=1)
@@ -93,14 +93,19 @@ def main(argv=None):
         top = [(classes[k], round(q, 4)) for k, q in zip(i, p)]
         rows.append({"path": path, "class": top[0][0], "probability": top[0][1],
                      "top3": " ".join(f"{c}:{q:.4f}" for c, q in top)})
-        print(f"{path}: " + ", ".join(f"{c} {100 * q:.1f}%" for c, q in top))
+        print(f"{shown(path)}: " + ", ".join(f"{c} {100 * q:.1f}%" for c, q in top))
     write_atomic(args.csv, lambda tmp: _write_csv(rows, tmp))
     print(f"wrote {args.csv} ({len(rows)} images)")
     return rows
 
 
+def shown(path):
+    """path as printable text: bytes of a file name that are not UTF-8 appear as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _write_csv(rows, path):
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:  # file names' own bytes
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

@@ -26,7 +26,9 @@ def resolve_device(name):
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"error: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):  # xpu, meta, ...: not what this code runs on
+        raise UserError(f"error: --device={name} is not supported; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"error: --device={name} but no CUDA GPU is available here; use --device=auto or cpu")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():

@@ -40,6 +40,10 @@ def prepare(cfg, device, world=1):
     """The run's Data, printing where it runs and what was found."""
     print(f"device: {device}, {torch.get_num_threads()} CPU threads, {worker_count(cfg, device)} data workers"
           + (f", {world} processes" if world > 1 else ""))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if cfg.threads > cores:
+        print(f"note: --threads={cfg.threads} is more than the {cores} cores this process may use; the threads wait "
+              "on each other and an epoch can take many times longer (--threads=0: one per core)")
     data = load_data(cfg)
     print(f"data: {data.source}; train {len(data.train.labels):,} images, "
           f"{data.test_name} {len(data.test.labels):,} images, {len(data.classes)} classes")
@@ -146,7 +150,16 @@ def epoch_faults(run, epoch):
                         f"continue with: python train.py --resume={run.run_dir}") from None
     except FloatingPointError as e:
         raise UserError(f"error: epoch {epoch}: {e}; stopped. {run.run_dir}/last.pt holds "
-                        f"{held(run.progress.epoch)}; try a lower --lr") from None
+                        f"{held(run.progress.epoch)}; try {remedy(run.cfg)}") from None
+
+
+def remedy(cfg):
+    """What to change after a diverged run: the dropout when it is extreme (it scales what survives by 1 / (1 - p),
+    up to huge logits), else the learning rate."""
+    if cfg.dropout > 0.5:
+        scale = 1 / (1 - cfg.dropout)
+        return f"a --dropout below 0.5 (at {cfg.dropout:g} it scales the features it keeps {scale:,.0f}x)"
+    return "a lower --lr"
 
 
 def train_epoch(run, epoch, stop):
