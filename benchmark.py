@@ -33,7 +33,7 @@ import engine
 from config import Config, UserError, parse_args
 from data import load_data, make_loader, synthetic, worker_count
 from model import multiply_adds
-from runtime import host, runtime
+from runtime import host, runtime, sigterm_interrupts
 from transforms import train_transforms
 
 
@@ -190,6 +190,9 @@ def print_table(result):
 
 if __name__ == "__main__":
     try:
-        main()
+        with sigterm_interrupts():
+            main()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the timings are written only at the end
+        sys.exit("\ninterrupted; nothing written (an earlier benchmark.json is unchanged)")
     except UserError as e:
         sys.exit(str(e))  # the one line on stderr, exit code 1

@@ -156,9 +156,16 @@ def with_overrides(ckpt, argv, fixed=(), **base):
 
 
 def resume(path, argv):
-    """(config, checkpoint) to continue the run at path: its config under argv's overrides, minus the refused."""
+    """(config, checkpoint) to continue the run at path: its config under argv's overrides, minus the refused;
+    refused too when the run has nothing left to continue."""
     ckpt = load_checkpoint(path)
     cfg, run_dir = with_overrides(ckpt, argv, FIXED_ON_RESUME), os.path.dirname(ckpt["path"])
+    if ckpt["epoch"] == cfg.epochs and not os.path.exists(os.path.join(run_dir, "summary.json")):
+        raise UserError(f"error: {run_dir} finished training, so nothing is left to resume, but its final analysis "
+                        f"was cut short (no summary.json); for it: python train.py --evaluate={run_dir}")
+    if ckpt["epoch"] == cfg.epochs:
+        raise UserError(f"error: {ckpt['path']} finished all {cfg.epochs} epochs; nothing to resume (to train on, "
+                        f"start a new run from its weights: --init-from={path} --epochs=N)")
     if cfg.out_dir != ckpt["config"].out_dir and os.path.realpath(cfg.out_dir) != os.path.realpath(run_dir):
         raise UserError(f"error: --resume continues in {run_dir}; drop --out-dir (to train from its weights "
                         f"elsewhere: --init-from={path} --out-dir={cfg.out_dir})")

@@ -20,7 +20,7 @@ import engine
 from config import UserError
 from data import image_files, read_image
 from logs import write_atomic
-from runtime import resolve_device
+from runtime import resolve_device, sigterm_interrupts
 from transforms import fit, test_transforms
 
 
@@ -113,6 +113,9 @@ def _write_csv(rows, path):
 
 if __name__ == "__main__":
     try:
-        main()
+        with sigterm_interrupts():
+            main()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: write_atomic left no half-written CSV
+        sys.exit("\ninterrupted; no predictions written (an earlier CSV is unchanged)")
     except UserError as e:
         sys.exit(str(e))  # the one line on stderr, exit code 1

@@ -100,6 +100,24 @@ def stop_on_signals():
             signal.signal(s, h)
 
 
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """SIGTERM raises KeyboardInterrupt while the block runs, so a phase that cannot stop at a step boundary (an
+    analysis, an evaluation, predict, benchmark, a sweep's wait) ends the same way on a kill as on Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def host(device):
     """What the run's speed depends on: CPU model, cores, vector/matrix instructions, threads, torch, GPU."""
     cpu, flags = platform.processor() or platform.machine(), set()

@@ -23,6 +23,7 @@ import sys
 import time
 
 from config import Config, UserError, parse_args
+from runtime import sigterm_interrupts
 
 SAFETY = 0.9  # share of the time left that the sized runs may plan to use: epochs vary, and runs must end
 # Epochs of the timing probe. On a GPU the first epoch also pays for cuDNN's autotuning and the workers' start
@@ -60,21 +61,25 @@ def launch(options, out_dir, workers):
     if not any(o.startswith("--workers") for o in options):
         command.append(f"--workers={workers}")
     with open(out_dir + ".log", "w") as log:  # the child keeps its own handle on it
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+        # A session of its own: a Ctrl-C at the terminal reaches the sweep alone, which passes one SIGTERM on
+        # (a second signal would make a run leave at once, without saving where it got).
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 cwd=os.path.dirname(os.path.abspath(__file__)))
 
 
 def wait_all(processes, deadline):
-    """Wait for every process; at the deadline, SIGTERM those still running (they save and stop) and wait."""
-    while any(p.poll() is None for p in processes):
-        if time.monotonic() > deadline:
-            for p in processes:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in processes:
-                p.wait()
-            return
-        time.sleep(1)
+    """Wait for every process; at the deadline, SIGTERM those still running (they save and stop) and wait.
+
+    Ctrl-C or SIGTERM to the sweep stops them the same way before it raises: no run is left behind, orphaned."""
+    try:
+        while any(p.poll() is None for p in processes) and time.monotonic() <= deadline:
+            time.sleep(1)
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in processes:
+            p.wait()
 
 
 def run_all(runs, out, stage, workers, deadline):
@@ -154,6 +159,10 @@ def main(argv=None):
 
 if __name__ == "__main__":
     try:
-        main()
+        with sigterm_interrupts():
+            main()
+    except KeyboardInterrupt:
+        sys.exit("\ninterrupted; every run was stopped and saved where it got: continue one with python train.py "
+                 "--resume=OUT/runs/rN (or OUT/probe/rN), or rerun the sweep into a new --out")
     except UserError as e:
         sys.exit(str(e))

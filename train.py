@@ -8,6 +8,7 @@ with --tensorboard also tensorboard/ (view: tensorboard --logdir runs).
 import contextlib
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -21,10 +22,10 @@ import engine
 import logs
 import report
 from config import Config, UserError, describe_recipe, parse_args
-from data import Data, epoch_seed, load_data, make_loader, worker_count
+from data import Data, epoch_seed, load_data, make_loader, outermost_missing, worker_count
 from logs import write_json
 from model import count_params, receptive_field
-from runtime import host, init_distributed, runtime, seed_everything, stop_on_signals
+from runtime import host, init_distributed, runtime, seed_everything, sigterm_interrupts, stop_on_signals
 from transforms import test_transforms, train_transforms
 
 
@@ -69,12 +70,21 @@ def evaluate_checkpoint(argv, path):
     checkpoint.load_weights(model, ckpt, data.classes)
     name = os.path.splitext(os.path.basename(ckpt["path"]))[0]
     default = os.path.join(os.path.dirname(ckpt["path"]), "evaluate" if name == "last" else f"evaluate-{name}")
-    out_dir = checkpoint.make_out_dir(cfg.out_dir or default, cfg.overwrite, "")
+    out_dir = cfg.out_dir or default
+    created = outermost_missing(out_dir)
+    checkpoint.make_out_dir(out_dir, cfg.overwrite, "")
     best = ckpt.get("best_epoch", ckpt["epoch"])
     print(f"evaluating {ckpt['path']} (epoch {ckpt['epoch']})" + (
         f"; the best val accuracy was at epoch {best}: evaluate {os.path.dirname(ckpt['path'])}/best.pt for that one"
         if name == "last" and best != ckpt["epoch"] else ""))
-    result = report.save_analysis(model, eval_loader(data, cfg, device), data, out_dir, cfg)
+    try:
+        with sigterm_interrupts():
+            result = report.save_analysis(model, eval_loader(data, cfg, device), data, out_dir, cfg)
+    except KeyboardInterrupt:  # half the plots must not block the rerun
+        if created:
+            shutil.rmtree(created, ignore_errors=True)
+        kept = f"{out_dir} is removed" if created else f"{out_dir} keeps what it held and any plots written"
+        raise UserError(f"\ninterrupted; {kept}; rerun: python train.py --evaluate={path}") from None
     summary = {"checkpoint": ckpt["path"], "epoch": ckpt["epoch"], "test_split": data.test_name,
                "test_loss": result["loss"], "test_acc": result["acc"], "test_acc_flip_tta": result["flip_acc"],
                "test_acc_flip_shift_tta": result["flip_shift_acc"],
@@ -149,17 +159,10 @@ def epoch_faults(run, epoch):
         raise UserError(f"\ninterrupted in epoch {epoch}; {run.run_dir}/last.pt holds {held(run.progress.epoch)}; "
                         f"continue with: python train.py --resume={run.run_dir}") from None
     except FloatingPointError as e:
+        # Extreme dropout scales the features it keeps by 1 / (1 - p): huge logits, whatever the LR
+        remedy = "a --dropout below 0.5" if run.cfg.dropout > 0.5 else "a lower --lr"
         raise UserError(f"error: epoch {epoch}: {e}; stopped. {run.run_dir}/last.pt holds "
-                        f"{held(run.progress.epoch)}; try {remedy(run.cfg)}") from None
-
-
-def remedy(cfg):
-    """What to change after a diverged run: the dropout when it is extreme (it scales what survives by 1 / (1 - p),
-    up to huge logits), else the learning rate."""
-    if cfg.dropout > 0.5:
-        scale = 1 / (1 - cfg.dropout)
-        return f"a --dropout below 0.5 (at {cfg.dropout:g} it scales the features it keeps {scale:,.0f}x)"
-    return "a lower --lr"
+                        f"{held(run.progress.epoch)}; try {remedy}") from None
 
 
 def train_epoch(run, epoch, stop):
@@ -263,7 +266,8 @@ def train_and_analyse(run, device, world):
     if run.rank:  # the other ranks' work ends with training; rank 0 evaluates the whole split and writes
         return dict(history=run.progress.history, run_dir=run.run_dir)
     try:
-        return finish(run, device, world)
+        with sigterm_interrupts():
+            return finish(run, device, world)
     except KeyboardInterrupt:
         raise UserError(f"\ninterrupted in the final analysis; training finished and {run.run_dir}/last.pt holds "
                         f"it; redo the analysis with: python train.py --evaluate={run.run_dir}") from None
@@ -277,9 +281,6 @@ def main(argv=None):
     if cfg.evaluate:
         return evaluate_checkpoint(argv, cfg.evaluate)
     cfg, ckpt = checkpoint.resume(cfg.resume, argv) if cfg.resume else (cfg, None)
-    if ckpt and ckpt["epoch"] == cfg.epochs:
-        raise UserError(f"error: {ckpt['path']} finished all {cfg.epochs} epochs; nothing to resume (to train "
-                        f"on, start a new run from its weights: --init-from={cfg.resume} --epochs=N)")
     if cfg.init_from:
         ckpt = checkpoint.load_checkpoint(cfg.init_from)
     if cfg.dry_run:  # tiny and quick, whatever the config says

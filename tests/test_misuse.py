@@ -60,7 +60,7 @@ def test_a_warmup_of_exactly_one_step_is_one_line_and_leaves_no_folder(tmp_path)
 
 
 def test_an_extreme_dropout_that_diverges_names_the_dropout(tmp_path):
-    with pytest.raises(UserError, match="diverged.*try a --dropout below 0.5 .*1,000x") as e:
+    with pytest.raises(UserError, match="diverged.*try a --dropout below 0.5") as e:
         train.main(["--dry-run", "--dropout=0.999", f"--out-dir={tmp_path}"])
     assert one_line(e)
 
