@@ -31,7 +31,8 @@ import torch
 
 import engine
 from config import Config, UserError, parse_args
-from data import load_data, make_loader, synthetic, worker_count
+from data import load_data, synthetic
+from loader import make_loader, worker_count
 from model import multiply_adds
 from runtime import host, runtime, sigterm_interrupts
 from transforms import train_transforms

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field, fields, replace
+from shlex import quote
 
 import torch
 
@@ -40,9 +41,26 @@ class Progress:
         return len(self.history)
 
 
+def unused_dir(path):
+    """path, or path-2, path-3, ...: the first that did not exist, made here (atomically: two runs started in the
+    same second get two folders)."""
+    for i in range(1, 1000):
+        name = path if i == 1 else f"{path}-{i}"
+        try:
+            os.makedirs(name)
+            return name
+        except FileExistsError:
+            continue
+        except OSError:  # cannot be made: make_out_dir says why
+            return name
+    return path
+
+
 def make_out_dir(path, overwrite, instead):
     """Create path for this run's files; refused when it already holds files (unless overwrite) or cannot be
     written, and then no folder it created is left behind. `instead`: what the refusal suggests."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"error: output dir {path} is a file; pick a folder as --out-dir")
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
         raise UserError(f"error: {path} already holds files; pick another --out-dir, {instead}or --overwrite")
     created = outermost_missing(path)
@@ -61,6 +79,8 @@ def make_out_dir(path, overwrite, instead):
 def holds_real_run(path):
     """Whether path holds files of a run that trained on real data (a checkpoint, or a config.json that is not a
     dry run's)."""
+    if not os.path.isdir(path):
+        return False
     try:
         with open(os.path.join(path, "config.json")) as f:
             return not json.load(f).get("dry_run", False)
@@ -162,13 +182,13 @@ def resume(path, argv):
     cfg, run_dir = with_overrides(ckpt, argv, FIXED_ON_RESUME), os.path.dirname(ckpt["path"])
     if ckpt["epoch"] == cfg.epochs and not os.path.exists(os.path.join(run_dir, "summary.json")):
         raise UserError(f"error: {run_dir} finished training, so nothing is left to resume, but its final analysis "
-                        f"was cut short (no summary.json); for it: python train.py --evaluate={run_dir}")
+                        f"was cut short (no summary.json); for it: python train.py --evaluate={quote(run_dir)}")
     if ckpt["epoch"] == cfg.epochs:
         raise UserError(f"error: {ckpt['path']} finished all {cfg.epochs} epochs; nothing to resume (to train on, "
-                        f"start a new run from its weights: --init-from={path} --epochs=N)")
+                        f"start a new run from its weights: --init-from={quote(path)} --epochs=N)")
     if cfg.out_dir != ckpt["config"].out_dir and os.path.realpath(cfg.out_dir) != os.path.realpath(run_dir):
         raise UserError(f"error: --resume continues in {run_dir}; drop --out-dir (to train from its weights "
-                        f"elsewhere: --init-from={path} --out-dir={cfg.out_dir})")
+                        f"elsewhere: --init-from={quote(path)} --out-dir={quote(cfg.out_dir)})")
     return replace(cfg, resume=path), ckpt
 
 

@@ -7,10 +7,11 @@ An unknown key or a value of the wrong type is a one-line error.
 import argparse
 import inspect
 import math
+import os
 import re
 import sys
 import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from model import MODELS
 
@@ -109,6 +110,9 @@ class Config:
                 setattr(self, name, value)
 
 
+PATHS = ("data_dir", "out_dir", "resume", "init_from", "evaluate")  # the fields that name files or folders
+
+
 def _comments():
     """Field name -> its trailing comment in the Config source, for --help."""
     pattern = re.compile(r"^\s+(\w+): [^#]*#\s*(.*)$")
@@ -176,6 +180,8 @@ def parse_args(argv=None, base=None):
     # Accept --data_dir as well as --data-dir.
     argv = [re.sub(r"^--(\w+)", lambda m: flag(m[1]), a) for a in argv]
     cfg = Config(**vars(parser.parse_args(argv)))
+    # The shell leaves ~ alone after "--key=": --data-dir=~/cifar would name a folder called "~"
+    cfg = replace(cfg, **{name: os.path.expanduser(getattr(cfg, name)) for name in PATHS})
     check(cfg)
     return cfg
 

@@ -79,9 +79,13 @@ def init_distributed(cfg, device):
     return rank, world, device
 
 
+# Ctrl-C, a kill, and a closed terminal or SSH session (SIGHUP, where the OS has it): each one stops a run the same way
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
+
+
 @contextlib.contextmanager
 def stop_on_signals():
-    """An Event that Ctrl-C or SIGTERM sets (a second Ctrl-C interrupts at once); old handlers come back after."""
+    """An Event that Ctrl-C, SIGTERM or SIGHUP sets (a second one interrupts at once); old handlers come back after."""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
         yield stop
@@ -92,7 +96,7 @@ def stop_on_signals():
             raise KeyboardInterrupt
         stop.set()
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield stop
     finally:
@@ -102,7 +106,7 @@ def stop_on_signals():
 
 @contextlib.contextmanager
 def sigterm_interrupts():
-    """SIGTERM raises KeyboardInterrupt while the block runs, so a phase that cannot stop at a step boundary (an
+    """SIGTERM and SIGHUP raise KeyboardInterrupt while the block runs, so a phase that cannot stop at a step boundary (an
     analysis, an evaluation, predict, benchmark, a sweep's wait) ends the same way on a kill as on Ctrl-C."""
     if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
         yield
@@ -111,11 +115,12 @@ def sigterm_interrupts():
     def handler(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS[1:]}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def host(device):

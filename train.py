@@ -1,9 +1,7 @@
-"""Train Net (or DilatedNet: --model=dilated) on CIFAR-10: python train.py [--key=value ...];
-python train.py --help lists every key.
+"""Train Net (or another --model) on CIFAR-10: python train.py [--key=value ...]; --help lists every key.
 
-Writes runs/<date-time>/ (or --out-dir): config.json, history.csv, best.pt, last.pt,
-curves.png (after every epoch), misclassified.png, gradcam.png, confusion.png and summary.json;
-with --tensorboard also tensorboard/ (view: tensorboard --logdir runs).
+Writes runs/<date-time>/ (or --out-dir): config.json, history.csv, best.pt, last.pt, curves.png (after every
+epoch), misclassified.png, gradcam.png, confusion.png, summary.json, and with --tensorboard tensorboard/.
 """
 import contextlib
 import math
@@ -12,6 +10,7 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from shlex import quote
 
 import torch
 import torch.distributed as dist
@@ -22,7 +21,8 @@ import engine
 import logs
 import report
 from config import Config, UserError, describe_recipe, parse_args
-from data import Data, epoch_seed, load_data, make_loader, outermost_missing, worker_count
+from data import Data, load_data, outermost_missing
+from loader import epoch_seed, make_loader, worker_count
 from logs import write_json
 from model import count_params, receptive_field
 from runtime import host, init_distributed, runtime, seed_everything, sigterm_interrupts, stop_on_signals
@@ -30,11 +30,11 @@ from transforms import test_transforms, train_transforms
 
 
 def new_run_dir(cfg):
-    default = os.path.join("runs", ("dry-run-" if cfg.dry_run else "") + time.strftime("%Y%m%d-%H%M%S"))
-    path = cfg.out_dir or default
+    path = cfg.out_dir or checkpoint.unused_dir(os.path.join("runs", ("dry-run-" if cfg.dry_run else "") +
+                                                  time.strftime("%Y%m%d-%H%M%S")))
     if cfg.dry_run and checkpoint.holds_real_run(path):  # even with --overwrite
         raise UserError(f"error: {path} holds a real run; a dry run never writes over one: pick another --out-dir")
-    return checkpoint.make_out_dir(path, cfg.overwrite, f"--resume={path}, ")
+    return checkpoint.make_out_dir(path, cfg.overwrite, f"--resume={quote(path)}, ")
 
 
 def prepare(cfg, device, world=1):
@@ -84,7 +84,7 @@ def evaluate_checkpoint(argv, path):
         if created:
             shutil.rmtree(created, ignore_errors=True)
         kept = f"{out_dir} is removed" if created else f"{out_dir} keeps what it held and any plots written"
-        raise UserError(f"\ninterrupted; {kept}; rerun: python train.py --evaluate={path}") from None
+        raise UserError(f"\ninterrupted; {kept}; rerun: python train.py --evaluate={quote(path)}") from None
     summary = {"checkpoint": ckpt["path"], "epoch": ckpt["epoch"], "test_split": data.test_name,
                "test_loss": result["loss"], "test_acc": result["acc"], "test_acc_flip_tta": result["flip_acc"],
                "test_acc_flip_shift_tta": result["flip_shift_acc"],
@@ -157,7 +157,7 @@ def epoch_faults(run, epoch):
         yield
     except KeyboardInterrupt:  # a second Ctrl-C: leave now, last.pt keeps the last finished epoch
         raise UserError(f"\ninterrupted in epoch {epoch}; {run.run_dir}/last.pt holds {held(run.progress.epoch)}; "
-                        f"continue with: python train.py --resume={run.run_dir}") from None
+                        f"continue with: python train.py --resume={quote(run.run_dir)}") from None
     except FloatingPointError as e:
         # Extreme dropout scales the features it keeps by 1 / (1 - p): huge logits, whatever the LR
         remedy = "a --dropout below 0.5" if run.cfg.dropout > 0.5 else "a lower --lr"
@@ -188,7 +188,7 @@ def train_epoch(run, epoch, stop):
         if run.rank == 0:
             checkpoint.save(run)
         raise UserError(f"\nstopped in epoch {epoch} after step {progress.position.step}, saved in "
-                        f"{run.run_dir}/last.pt; continue with: python train.py --resume={run.run_dir}")
+                        f"{run.run_dir}/last.pt; continue with: python train.py --resume={quote(run.run_dir)}")
     return train
 
 
@@ -225,7 +225,7 @@ def run_epoch(run, epoch, stop):
         checkpoint.save(run, best)
     if stop.is_set() and epoch < run.cfg.epochs:
         raise UserError(f"\nstopped after epoch {epoch}, saved in {run.run_dir}/last.pt; continue with: "
-                        f"python train.py --resume={run.run_dir}")
+                        f"python train.py --resume={quote(run.run_dir)}")
 
 
 def finish(run, device, world):
@@ -270,12 +270,21 @@ def train_and_analyse(run, device, world):
             return finish(run, device, world)
     except KeyboardInterrupt:
         raise UserError(f"\ninterrupted in the final analysis; training finished and {run.run_dir}/last.pt holds "
-                        f"it; redo the analysis with: python train.py --evaluate={run.run_dir}") from None
+                        f"it; redo the analysis with: python train.py --evaluate={quote(run.run_dir)}") from None
 
 
 def main(argv=None):
-    """A whole run: parse, then evaluate, or start or resume, train every epoch, and analyse the result."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """A whole run: parse, then evaluate, or start or resume, train every epoch, and analyse the result.
+
+    PyTorch's thread count comes back as it was, so a notebook's next run starts as this one did."""
+    threads = torch.get_num_threads()
+    try:
+        return train_or_evaluate(sys.argv[1:] if argv is None else list(argv))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train_or_evaluate(argv):
     cfg = parse_args(argv)
     logs.require(cfg)
     if cfg.evaluate:

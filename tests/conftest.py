@@ -7,7 +7,7 @@ import torch
 
 import transforms
 from config import Config
-from data import make_loader
+from loader import make_loader
 
 
 def make_image_folder(root, per_class=(40, 8), classes=10, size=32):

@@ -67,7 +67,7 @@ def test_bad_values_are_one_line_errors_naming_the_key(argv, words):
 def test_device_resolution():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type in ("cuda", "mps", "cpu")
-    with pytest.raises(UserError, match="unknown device"):
+    with pytest.raises(UserError, match="--device=tpu is not supported"):
         resolve_device("tpu")
 
 

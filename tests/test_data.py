@@ -9,7 +9,8 @@ import torch
 import engine
 from config import Config, UserError
 from conftest import make_image_folder
-from data import Data, Split, hold_out, load_data, load_folder, make_loader, synthetic
+from data import Data, Split, hold_out, load_data, load_folder, synthetic
+from loader import make_loader
 from model import Net
 import transforms as T
 

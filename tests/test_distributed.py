@@ -17,16 +17,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = """
 import json, os, sys
 sys.path.insert(0, {root!r})
-import data, engine, train
+import engine, loader, train
 
 rank, out = int(os.environ["RANK"]), {out!r}
 seen, models = [], []
-fetch = data.AugmentedDataset.__getitems__
+fetch = loader.AugmentedDataset.__getitems__
 def recording(self, keys):
     if len(self) == 400:  # the training split
         seen.extend(keys)
     return fetch(self, keys)
-data.AugmentedDataset.__getitems__ = recording
+loader.AugmentedDataset.__getitems__ = recording
 step = engine.train_one_epoch
 def keep_model(model, *args, **kwargs):
     models.append(model)

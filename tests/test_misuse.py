@@ -117,3 +117,102 @@ def test_any_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, error):
         write_atomic(str(path), fail)
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["f.csv"]
 
+
+
+# --- cases of the same classes, found beyond the list ----------------------------------------------------
+
+def test_a_tilde_after_the_equals_sign_means_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = parse_args(["--data-dir=~/cifar", "--out-dir=~/runs/a", "--init-from=~/runs/b"])
+    assert (cfg.data_dir, cfg.out_dir, cfg.init_from) == tuple(str(tmp_path / p) for p in ("cifar", "runs/a", "runs/b"))
+
+
+@pytest.mark.parametrize("dry", [True, False])
+def test_an_out_dir_that_is_a_file_says_so(folder, tmp_path, dry):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    argv = ["--dry-run"] if dry else [f"--data-dir={folder}", "--epochs=1"]
+    with pytest.raises(UserError, match="is a file; pick a folder") as e:
+        train.main([*argv, f"--out-dir={target}"])
+    assert one_line(e) and target.read_text() == "mine"
+
+
+def test_images_in_subfolders_of_a_class_folder_are_counted_in_a_note(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "data", per_class=(3, 2), classes=2)
+    (root / "train" / "class0" / "more").mkdir()
+    for i in range(2):
+        os.link(root / "train" / "class0" / "0.png", root / "train" / "class0" / "more" / f"{i}.png")
+    train.prepare(parse_args([f"--data-dir={root}"]), train.runtime(parse_args([])))
+    assert "note: 2 images in subfolders of class folders were not read" in capsys.readouterr().out
+
+
+def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train.time, "strftime", lambda fmt: "20261206-120000")
+    (tmp_path / "runs" / "dry-run-20261206-120000").mkdir(parents=True)  # another run just made it, still empty
+    first, second = (train.main(["--dry-run"])["run_dir"] for _ in range(2))
+    assert (first, second) == ("runs/dry-run-20261206-120000-2", "runs/dry-run-20261206-120000-3")
+
+
+def test_a_run_in_a_notebook_leaves_torch_s_thread_count_as_it_was(tmp_path):
+    import torch
+    before = torch.get_num_threads()
+    train.main(["--dry-run", f"--threads={max(1, before - 1) if before > 1 else 2}", f"--out-dir={tmp_path}"])
+    assert torch.get_num_threads() == before
+
+
+def test_a_closed_terminal_sighup_stops_training_like_sigterm_and_resumes(tmp_path, monkeypatch):
+    import signal
+    from conftest import change_epoch
+
+    change_epoch(monkeypatch, 1, lambda model, kwargs: signal.raise_signal(signal.SIGHUP))
+    with pytest.raises(UserError, match="stopped in epoch 1 after step 1, saved") as e:
+        train.main(["--dry-run", f"--out-dir={tmp_path}"])
+    monkeypatch.undo()
+    assert "\n" not in str(e.value).strip() and train.main([f"--resume={tmp_path}"])["epochs"] == 2
+
+
+def test_printed_commands_quote_a_path_with_spaces(tmp_path, monkeypatch):
+    import shlex
+    out = tmp_path / "my runs" / "first try"
+    message = interrupted_run(monkeypatch, out, 1)
+    command = message.split("continue with: ", 1)[1]
+    assert shlex.split(command) == ["python", "train.py", f"--resume={out}"]
+
+
+def test_a_phone_photo_is_read_upright_by_its_exif_orientation(tmp_path):
+    from PIL import Image
+    from data import read_image
+    pixels = np.zeros((40, 20, 3), np.uint8)
+    pixels[:10] = 255  # a white band along the top of a tall picture
+    photo = Image.fromarray(pixels)
+    exif = photo.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    photo.save(tmp_path / "phone.jpg", exif=exif.tobytes())
+    image, _ = read_image(str(tmp_path / "phone.jpg"))
+    assert image.shape == (20, 40, 3) and image[:, -8:].mean() > 240 and image[:, :20].mean() < 15  # band on the right
+
+
+@pytest.mark.parametrize("mode, pixels", [("LA", [80, 200]), ("P", 7), ("1", True)])
+def test_grey_alpha_palette_and_one_bit_pngs_are_read_as_rgb(tmp_path, mode, pixels):
+    from PIL import Image
+    from data import read_image
+    shape = (32, 32, 2) if mode == "LA" else (32, 32)
+    Image.fromarray(np.full(shape, pixels, np.uint8 if mode != "1" else bool), mode).save(tmp_path / "x.png")
+    image, _ = read_image(str(tmp_path / "x.png"))
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+
+
+def test_upper_case_extensions_are_images_too(tmp_path):
+    from data import image_files
+    for name in ("a.JPG", "b.Png", "c.jpeg", "d.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [os.path.basename(p) for p in image_files(str(tmp_path))] == ["a.JPG", "b.Png", "c.jpeg"]
+
+
+def test_predict_on_a_file_it_cannot_decode_is_one_line(tmp_path):
+    (tmp_path / "movie.gif").write_bytes(b"GIF89a" + bytes(100))
+    command = [sys.executable, os.path.join(ROOT, "predict.py"), str(tmp_path / "movie.gif")]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0 and "cannot read image" in proc.stderr
+    assert not list(tmp_path.glob("predictions*"))
