@@ -307,5 +307,5 @@ def train_or_evaluate(argv):
 if __name__ == "__main__":
     try:
         main()
-    except UserError as e:
-        sys.exit(str(e))  # the one line on stderr, exit code 1
+    except UserError as e:  # the one line on stderr, exit code 1; under torchrun every process meets the same
+        sys.exit(str(e) if os.environ.get("RANK", "0") == "0" else 1)  # refusal, and rank 0 says it once

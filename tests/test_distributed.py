@@ -90,3 +90,12 @@ def test_checkpoint_loads_into_a_plain_net(ddp_run):
     state = torch.load(os.path.join(out, "last.pt"), weights_only=True)["model"]
     assert not any(k.startswith("module.") for k in state)
     Net().load_state_dict(state)
+
+
+def test_a_refusal_under_torchrun_is_said_once_not_once_per_process(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3",
+                           os.path.join(ROOT, "train.py"), "--dry-run", "--device=cpu", f"--out-dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=300)
+    said = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and len(said) == 1 and "processes" in said[0], said
+    assert not (tmp_path / "run").exists()
