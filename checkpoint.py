@@ -5,6 +5,7 @@ import fcntl
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from shlex import quote
 
@@ -88,6 +89,15 @@ def holds_real_run(path):
         return os.path.exists(os.path.join(path, "last.pt"))
     except (OSError, ValueError, AttributeError):  # unreadable or not a Config's: assume it matters
         return True
+
+
+def new_run_dir(cfg):
+    """The folder of a new run: --out-dir, or a new runs/<date-time>; refused when a dry run aims at a real run."""
+    path = cfg.out_dir or unused_dir(os.path.join("runs", ("dry-run-" if cfg.dry_run else "") +
+                                                  time.strftime("%Y%m%d-%H%M%S")))
+    if cfg.dry_run and holds_real_run(path):  # even with --overwrite
+        raise UserError(f"error: {path} holds a real run; a dry run never writes over one: pick another --out-dir")
+    return make_out_dir(path, cfg.overwrite, f"--resume={quote(path)}, ")
 
 
 @contextlib.contextmanager

@@ -43,6 +43,10 @@ def resolve_device(name):
 def runtime(cfg):
     """The run's device, with this process's math settings applied (CPU threads, cuDNN autotuning)."""
     device = resolve_device(cfg.device)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if cfg.threads > cores:  # the threads wait on each other: an epoch can take a hundred times longer
+        print(f"note: --threads={cfg.threads} is more than the {cores} cores this process may use; expect it to be "
+              "slow (--threads=0: one per core)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if device.type == "cuda":

@@ -29,22 +29,10 @@ from runtime import host, init_distributed, runtime, seed_everything, sigterm_in
 from transforms import test_transforms, train_transforms
 
 
-def new_run_dir(cfg):
-    path = cfg.out_dir or checkpoint.unused_dir(os.path.join("runs", ("dry-run-" if cfg.dry_run else "") +
-                                                  time.strftime("%Y%m%d-%H%M%S")))
-    if cfg.dry_run and checkpoint.holds_real_run(path):  # even with --overwrite
-        raise UserError(f"error: {path} holds a real run; a dry run never writes over one: pick another --out-dir")
-    return checkpoint.make_out_dir(path, cfg.overwrite, f"--resume={quote(path)}, ")
-
-
 def prepare(cfg, device, world=1):
     """The run's Data, printing where it runs and what was found."""
     print(f"device: {device}, {torch.get_num_threads()} CPU threads, {worker_count(cfg, device)} data workers"
           + (f", {world} processes" if world > 1 else ""))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if cfg.threads > cores:
-        print(f"note: --threads={cfg.threads} is more than the {cores} cores this process may use; the threads wait "
-              "on each other and an epoch can take many times longer (--threads=0: one per core)")
     data = load_data(cfg)
     print(f"data: {data.source}; train {len(data.train.labels):,} images, "
           f"{data.test_name} {len(data.test.labels):,} images, {len(data.classes)} classes")
@@ -135,7 +123,7 @@ def start_run(cfg, ckpt, data, device, rank, world):
         checkpoint.load_weights(model, ckpt, data.classes)
         print(f"starting from the weights of {ckpt['path']} (epoch {ckpt['epoch']}), new optimizer and schedule")
     # Made last: weights that do not fit (other classes, another --model) leave no empty folder behind.
-    run_dir = os.path.dirname(ckpt["path"]) if cfg.resume else new_run_dir(cfg) if rank == 0 else None
+    run_dir = os.path.dirname(ckpt["path"]) if cfg.resume else checkpoint.new_run_dir(cfg) if rank == 0 else None
     if world > 1:
         box = [run_dir]
         dist.broadcast_object_list(box)  # every rank writes nothing, but must agree on where rank 0 does
