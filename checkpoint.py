@@ -11,11 +11,10 @@ from shlex import quote
 
 import torch
 
-from config import Config, UserError, flag, parse_args
+from config import MODELS, Config, UserError, flag, parse_args
 from data import outermost_missing
 from engine import Position, build_model, final_model
 from logs import write_atomic
-from model import MODELS
 
 # The weights that ship with the repository, and what they are (pretrained/README.md has their record).
 PRETRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "net.pt")

@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from config import UserError
-from model import MODELS
+from config import MODELS, UserError
 from optim import fade, make_optimizer
 from transforms import cutmix
 

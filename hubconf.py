@@ -9,6 +9,7 @@ the two cannot disagree.
 """
 import numpy as _np
 
+import baselines as _baselines
 import checkpoint as _checkpoint
 import model as _model
 from config import UserError as _UserError
@@ -43,7 +44,7 @@ def dilated_net(**kwargs):
 
 def seed_net(**kwargs):
     """SeedNet, the assignment's reference network, untrained."""
-    return _model.SeedNet(**kwargs)
+    return _baselines.SeedNet(**kwargs)
 
 
 def preprocess():

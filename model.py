@@ -4,7 +4,7 @@ No max-pooling: three 3x3 stride-2 convs halve the resolution (32 -> 16 -> 8 -> 
 Depthwise-separable convs do most of the work, dilated ones widen the receptive
 field, and global average pooling feeds one linear classifier. DilatedNet is the
 same blocks with no stride: unpadded dilated convs shrink the maps instead.
-SeedNet is the reference solution's network, kept as a baseline to compare with.
+The baselines that break those rules (SeedNet, TiniestNet) live in baselines.py.
 """
 import torch
 from torch import nn
@@ -192,70 +192,39 @@ class MixNet3(MixNet):
         super().__init__(kernels=(3,), num_classes=num_classes, dropout=dropout)
 
 
-class SeedConv(nn.Sequential):
-    """The reference solution's unit: k x k conv (or depthwise k x k + pointwise 1x1) -> BatchNorm -> ReLU ->
-    Dropout2d(0.01)."""
-
-    def __init__(self, c_in, c_out, dilation=1, padding=1, separable=False):
-        convs = [nn.Conv2d(c_in, c_in, 3, padding=padding, dilation=dilation, groups=c_in, bias=False),
-                 nn.Conv2d(c_in, c_out, 1, bias=False)] if separable else \
-            [nn.Conv2d(c_in, c_out, 3, padding=padding, dilation=dilation, bias=False)]
-        super().__init__(*convs, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True), nn.Dropout2d(0.01))
-
-
-class Shrink(nn.Sequential):
-    """The reference solution's downsampling: a strided 1x1 conv with bias -> ReLU (halves H, W; no BatchNorm)."""
-
-    def __init__(self, c_in, c_out):
-        super().__init__(nn.Conv2d(c_in, c_out, 1, stride=2), nn.ReLU(inplace=True))
-
-
-class SeedNet(FourStages):
-    """The network of the solution this project started from (97,264 parameters), as a baseline.
-
-    It downsamples with strided 1x1 convs, which the assignment's rules do not
-    allow (architecture_rules says so), and ends in a pointwise conv to the
-    classes, averaged: no linear layer.
-    """
-
-    def __init__(self, num_classes=10, dropout=0.0):
-        super().__init__()
-        self.c1 = nn.Sequential(SeedConv(3, 32), SeedConv(32, 64))  # 32x32
-        self.c2 = nn.Sequential(Shrink(64, 32), SeedConv(32, 32), SeedConv(32, 64, separable=True))  # 16x16
-        self.c3 = nn.Sequential(  # 8x8 -> 6x6: dilation 2 with padding 1 trims 2 pixels per axis
-            Shrink(64, 32), SeedConv(32, 64, dilation=2), SeedConv(64, 64))
-        self.c4 = nn.Sequential(  # 3x3; the last pointwise conv gives the class scores directly
-            Shrink(64, 16), SeedConv(16, 32),
-            nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False), nn.Conv2d(32, num_classes, 1, bias=False))
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout))
-
-
-MODELS = {"net": Net, "dilated": DilatedNet, "seed": SeedNet,  # names for config.model
-          "mix": MixNet, "mix3": MixNet3}  # candidates for the next Net (docs/experiments.md, "Net v2")
-
-
 def receptive_field(model):
     """Receptive-field table of a plain conv stack, read from the model's own conv layers.
 
     Walks every Conv2d in registration order, which is forward order in `Net`; a
-    residual block counts its body, the longest path through it, and a Mixer its widest branch. Each row is a
-    dict: layer name, kernel, stride, dilation, jump (input pixels between
-    neighbouring outputs) and rf (input pixels one output sees, per side).
+    residual block counts its body, the longest path through it, and parallel branches (a module's
+    `branches`, as in a Mixer) their widest one. Each row is a dict: layer name, kernel, stride, dilation, jump
+    (input pixels between neighbouring outputs) and rf (input pixels one output sees, per side).
     """
     rows, rf, jump, inside = [], 1, 1, None
     for name, m in model.named_modules():
         if inside and name.startswith(inside):
             continue
-        if isinstance(m, Mixer):  # parallel branches: the widest one sets the field
+        if isinstance(getattr(m, "branches", None), nn.ModuleList):  # stride-1 branches: the widest sets the field
             inside = name + "."
-            convs = [c for c in m.modules() if isinstance(c, nn.Conv2d)]
-            m = max(convs, key=lambda c: (c.kernel_size[0] - 1) * c.dilation[0], default=None)
+            widest = max(m.branches, key=_extent)
+            convs = [c for c in widest.modules() if isinstance(c, nn.Conv2d)]
+            if convs:
+                rf += _extent(widest) * jump
+                k, d = convs[-1].kernel_size[0], convs[-1].dilation[0]
+                rows.append(dict(layer=name, kernel=k, stride=1, dilation=d, jump=jump, rf=rf))
+            continue
         if isinstance(m, nn.Conv2d):
             k, s, d = m.kernel_size[0], m.stride[0], m.dilation[0]
             rf += (k - 1) * d * jump
             jump *= s
             rows.append(dict(layer=name, kernel=k, stride=s, dilation=d, jump=jump, rf=rf))
     return rows
+
+
+def _extent(branch):
+    """Input pixels a stride-1 branch widens the field by: (k - 1) * dilation over its convs and average pools."""
+    return sum((m.kernel_size[0] - 1) * m.dilation[0] if isinstance(m, nn.Conv2d) else m.kernel_size - 1
+               for m in branch.modules() if isinstance(m, (nn.Conv2d, nn.AvgPool2d)))
 
 
 def count_params(model):

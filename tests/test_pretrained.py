@@ -12,7 +12,8 @@ import predict
 import transforms
 from checkpoint import PRETRAINED
 from config import Config, UserError
-from model import DilatedNet, Net, SeedNet
+from baselines import SeedNet
+from model import DilatedNet, Net
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEV_VAL = os.path.join(ROOT, "..", "shared", "data", "cifar10-dev", "val")

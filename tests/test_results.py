@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from config import parse_args
-from model import MODELS, count_params, multiply_adds, receptive_field
+from config import MODELS
+from model import count_params, multiply_adds, receptive_field
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
