@@ -45,7 +45,8 @@ class Pipeline:
         self.fade = fade
 
     def set_epoch(self, epoch):
-        """Scale the fading transforms' probabilities by fade(epoch); a pipeline never told stays at epoch 0."""
+        """Scale the fading transforms' probabilities by fade(epoch), epochs counted from 1 as train.py does; a
+        pipeline never told applies them in full."""
         for t, p in self.fading:
             t.p = p * self.fade(epoch)
 
@@ -89,8 +90,8 @@ def train_transforms(cfg, mean=CIFAR10_MEAN, std=CIFAR10_STD):
     )
     per_image = A.Compose([*translate, A.HorizontalFlip(p=cfg.flip_p), affine, hole], seed=cfg.seed)
 
-    def aug_fade(epoch):  # the share of affine_p and hole_p that `epoch` applies (train.py counts from 1: issue 49)
-        return fade(epoch, cfg.epochs - 1, cfg.aug_decay)
+    def aug_fade(epoch):  # the share of affine_p and hole_p that epoch 1..epochs applies: all in the first, 1 - decay
+        return fade(epoch - 1, cfg.epochs - 1, cfg.aug_decay)  # in the last (a one-epoch run applies them in full)
 
     return Pipeline(per_image, mean, std, fading=(affine, hole), fade=aug_fade)
 

@@ -2,6 +2,7 @@ import warnings
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from config import Config
@@ -39,11 +40,29 @@ def test_aug_decay_fades_the_affine_and_the_hole_to_none_in_the_last_epoch():
     transform = T.train_transforms(replace(ONLY_HOLE, affine_p=1.0, epochs=5, aug_decay=1.0))
     images = np.full((50, 32, 32, 3), 255, np.uint8)
     changed = {}
-    for epoch in (0, 2, 4):
+    for epoch in (1, 3, 5):  # train.py counts epochs from 1
         transform.set_epoch(epoch)
         changed[epoch] = (~torch.isclose(transform(images), normalized((255, 255, 255))[:, None, None],
                                          atol=1e-4)).flatten(1).any(1).sum().item()
-    assert changed[0] == 50 and 10 < changed[2] < 50 and changed[4] == 0  # p: 1, then 1 - 0.5 for each, then 0
+    assert changed[1] == 50 and 10 < changed[3] < 50 and changed[5] == 0  # p: 1, then 1 - 0.5 for each, then 0
+
+
+@pytest.mark.parametrize("epochs, expected", [
+    (1, [0.25]),  # a one-epoch run (a dry run) applies them in full
+    (2, [0.25, 0.0]),
+    (15, [0.25 * (1 - i / 14) for i in range(15)]),  # 0.25, 0.232, ..., 0.018, 0
+])
+def test_affine_and_hole_probabilities_per_epoch(epochs, expected):
+    transform = T.train_transforms(replace(Config(), epochs=epochs, affine_p=0.25, hole_p=0.25, aug_decay=1.0))
+    for epoch, p in enumerate(expected, start=1):
+        transform.set_epoch(epoch)
+        assert [t.p for t, _ in transform.fading] == pytest.approx([p, p], abs=1e-12), epoch
+
+
+def test_half_decay_ends_at_half_the_probability():
+    transform = T.train_transforms(replace(Config(), epochs=4, affine_p=0.5, hole_p=0.5, aug_decay=0.5))
+    transform.set_epoch(4)
+    assert [t.p for t, _ in transform.fading] == pytest.approx([0.25, 0.25])
 
 
 def test_mean_fill_is_the_uint8_dataset_mean():
