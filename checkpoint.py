@@ -24,7 +24,8 @@ PRETRAINED_ABOUT = ("Net trained by `python train.py` on CIFAR-10's 50,000 offic
 # The optimizer, its schedule and the weight average are built from these and restored from the checkpoint as
 # they were, so a changed value would be ignored (or, for epochs and batch_size, break the schedule): refused on
 # resume.
-FIXED_ON_RESUME = ("epochs", "batch_size", "lr", "muon_lr", "warmup", "momentum", "weight_decay", "ema")
+FIXED_ON_RESUME = ("epochs", "batch_size", "optimizer", "lr", "lr_end", "muon_lr", "warmup", "momentum", "weight_decay",
+                   "ema")
 
 
 @dataclass

@@ -53,8 +53,10 @@ def describe_recipe(cfg):
 
     spatial = (f"affine/hole {fading(cfg.affine_p, cfg.aug_decay)}" if cfg.affine_p == cfg.hole_p else
                f"affine {fading(cfg.affine_p, cfg.aug_decay)}, hole {fading(cfg.hole_p, cfg.aug_decay)}")
+    extras = [f"{name} p {p:g}" for name, p in (("sharpen", cfg.sharpen_p), ("colour jitter", cfg.jitter_p)) if p]
+    extras += [f"mixup up to {cfg.mixup:g} from mid-run"] if cfg.mixup else []
     return (f"recipe for {cfg.epochs} epochs: shift {cfg.translate} px, {spatial}, "
-            f"CutMix {fading(cfg.cutmix_p, cfg.cutmix_decay)}")
+            f"CutMix {fading(cfg.cutmix_p, cfg.cutmix_decay)}" + "".join(", " + e for e in extras))
 
 
 @dataclass
@@ -68,11 +70,13 @@ class Config:
     # optimisation
     epochs: int = 15  # passes over the training split
     batch_size: int = 128  # images per optimizer step (the global batch under torchrun)
-    lr: float = 0.2  # peak SGD learning rate of the one-cycle schedule (BatchNorm, biases, depthwise and linear weights)
+    optimizer: str = "sgd"  # sgd: Nesterov SGD, with Muon on the filter banks (muon_lr); adamw: AdamW on every weight
+    lr: float = 0.2  # peak learning rate of the one-cycle schedule (under sgd: BatchNorm, biases, depthwise and linear weights)
+    lr_end: float = 4e-6  # the LR at the last step, as a fraction of the peak (one-cycle's 1/25 x 1/10,000: ~0)
     warmup: float = 0.2  # fraction of all steps spent warming the LR up from lr/25 to lr
-    momentum: float = 0.95  # Nesterov momentum (SGD and Muon) at the start and end; one-cycle lowers it by 0.1 while the LR peaks
-    weight_decay: float = 5e-4  # L2 on the SGD-trained conv/linear weights; BatchNorm, biases and Muon's filters get none
-    muon_lr: float = 0.03  # Muon on full and pointwise conv filters: peak step as a fraction of their norm (0: SGD for them too)
+    momentum: float = 0.95  # sgd's Nesterov momentum (SGD and Muon) at the start and end; one-cycle lowers it by 0.1 while the LR peaks
+    weight_decay: float = 5e-4  # on conv/linear weights (sgd: L2, adamw: decoupled); BatchNorm, biases, Muon's filters get none
+    muon_lr: float = 0.03  # sgd's Muon on full and pointwise conv filters: peak step as a fraction of their norm (0: off)
     label_smoothing: float = 0.1  # cross-entropy target smoothing for training (evaluation uses plain CE)
     ema: float = 0.0  # decay per step of a weight average (EMA) evaluated, saved and analysed instead (0: off)
     # model
@@ -89,9 +93,12 @@ class Config:
     affine_p: float = 0.25  # probability of the shift/scale/rotate transform (0.25 beat 0.5)
     hole_size: int = 16  # CoarseDropout: side of the single square hole, in pixels (filled with the dataset mean)
     hole_p: float = 0.25  # probability of the hole
+    sharpen_p: float = 0.0  # probability of sharpening (Albumentations' Sharpen, up to xvel's strength)
+    jitter_p: float = 0.0  # probability of colour jitter (brightness, contrast x 0.9-1.1, saturation x 0.5-1.5, hue +-0.05)
     aug_decay: float = 1.0  # fraction of affine_p and hole_p shed linearly over the epochs (1: none in the last)
     cutmix_p: float = 0.2  # probability that a training batch is CutMixed (0: off)
     cutmix_decay: float = 1.0  # fraction of cutmix_p shed linearly over the run (1: none at the end)
+    mixup: float = 0.0  # batches not CutMixed are mixed up, each image's partner weighted up to this, rising to it by mid-run
     # run
     seed: int = 0  # seeds weights, data order and augmentation
     device: str = "auto"  # auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu
@@ -201,7 +208,9 @@ def check(cfg):
         ("val_split", cfg.val_split >= 0, "0 (the source's own split) or a number of images"),
         ("workers", cfg.workers >= -1, "0 or more, or -1 for auto"),
         ("threads", cfg.threads >= 0, "0 or more"),
+        ("optimizer", cfg.optimizer in ("sgd", "adamw"), "sgd or adamw"),
         ("lr", cfg.lr > 0, "positive"),
+        ("lr_end", 0 < cfg.lr_end <= 1, "a fraction of the peak LR in (0, 1]"),
         ("warmup", 0 < cfg.warmup < 1, "between 0 and 1, exclusive"),
         ("momentum", 0 <= cfg.momentum < 1, "in [0, 1)"),
         ("weight_decay", cfg.weight_decay >= 0, "0 or more"),
@@ -217,9 +226,10 @@ def check(cfg):
         ("hole_size", 1 <= cfg.hole_size <= IMAGE_SIZE, f"between 1 and the image side, {IMAGE_SIZE}"),
         ("aug_decay", 0 <= cfg.aug_decay <= 1, "in [0, 1]"),
         ("cutmix_decay", 0 <= cfg.cutmix_decay <= 1, "in [0, 1]"),
+        ("mixup", 0 <= cfg.mixup <= 0.5, "in [0 (off), 0.5]: beyond half the partner would be the image"),
         ("seed", 0 <= cfg.seed < 2**32, "between 0 and 2**32 - 1"),
     ] + [(p, 0 <= getattr(cfg, p) <= 1, "a probability in [0, 1]")
-         for p in ("flip_p", "affine_p", "hole_p", "cutmix_p")]
+         for p in ("flip_p", "affine_p", "hole_p", "sharpen_p", "jitter_p", "cutmix_p")]
     for name, ok, expected in rules:
         if not ok:
             raise UserError(f"error: {flag(name)}={getattr(cfg, name)} is invalid; it must be {expected}")

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from config import MODELS, UserError
 from optim import fade, make_optimizer
-from transforms import cutmix
+from transforms import mix
 
 
 def build_model(cfg, num_classes, device):
@@ -75,8 +75,10 @@ class TrainStep:
 
     The loss is cross-entropy with label smoothing, on CutMixed soft targets with
     probability cutmix_p, falling by the fraction cutmix_decay of it over the
-    run's total_steps (fade). The scaler is enabled only for fp16 autocast; disabled, it
-    passes the loss and the optimizer step through unchanged. An ema, when given,
+    run's total_steps (fade); a batch not CutMixed is mixed up when mixup > 0,
+    the partner's weight up to a bound that rises from 0 to mixup by mid-run.
+    The scaler is enabled only for fp16 autocast; disabled, it passes the loss
+    and the optimizer step through unchanged. An ema, when given,
     averages the weights and BatchNorm statistics after every step.
     """
     optimizer: torch.optim.Optimizer
@@ -84,6 +86,7 @@ class TrainStep:
     label_smoothing: float = 0.0
     cutmix_p: float = 0.0
     cutmix_decay: float = 0.0
+    mixup: float = 0.0  # the partner's largest weight in mixup, reached at mid-run (0: off)
     num_classes: int = 10
     amp: bool = False  # autocast on CUDA
     channels_last: bool = False  # the layout batches are given to the model in
@@ -98,8 +101,8 @@ class TrainStep:
         device = next(model.parameters()).device
         images, labels = to_device(images, device, self.channels_last), labels.to(device, non_blocking=True)
         targets = labels
-        if self.cutmix_p > 0:
-            images, targets = cutmix(images, labels, self.num_classes, self.cutmix_prob())
+        if self.cutmix_p > 0 or self.mixup > 0:
+            images, targets = mix(images, labels, self.num_classes, self.cutmix_prob(), self.mixup_bound())
             labels = targets.argmax(1)
         with autocast(device, self.amp):
             logits = model(images)
@@ -123,6 +126,12 @@ class TrainStep:
             return self.cutmix_p
         return self.cutmix_p * fade(self.steps_done, self.total_steps, self.cutmix_decay)
 
+    def mixup_bound(self):
+        """This step's largest mixup weight: mixup, times the share of the first half of the run done so far."""
+        if not self.total_steps:
+            return self.mixup
+        return self.mixup * min(2 * self.steps_done / self.total_steps, 1.0)
+
 
 def make_step(cfg, model, steps_per_epoch, num_classes):
     """The TrainStep of cfg's recipe for this model: optimizer, LR schedule, loss, mixed precision."""
@@ -136,9 +145,8 @@ def make_step(cfg, model, steps_per_epoch, num_classes):
     # BatchNorm statistics are averaged too (use_buffers): the average gets the statistics of its own weights'
     # era, not those of the last step's.
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
-    return TrainStep(optimizer, scheduler, cfg.label_smoothing, cfg.cutmix_p, cfg.cutmix_decay, num_classes, cfg.amp,
-                     cfg.channels_last, torch.amp.GradScaler("cuda", enabled=fp16), ema,
-                     total_steps=cfg.epochs * steps_per_epoch)
+    return TrainStep(optimizer, scheduler, cfg.label_smoothing, cfg.cutmix_p, cfg.cutmix_decay, cfg.mixup, num_classes,
+                     cfg.amp, cfg.channels_last, torch.amp.GradScaler("cuda", enabled=fp16), ema, total_steps=total)
 
 
 def final_model(model, step):

@@ -1,4 +1,4 @@
-"""The optimizer and its schedule: Muon on the conv filters, Nesterov SGD on the rest, one-cycle LR.
+"""The optimizer and its schedule: Muon on the conv filters, Nesterov SGD on the rest (or AdamW), one-cycle LR.
 
 Muon (Keller Jordan, 2024) replaces each conv's momentum by the nearest
 orthogonal matrix, so every direction of the filter bank moves at the same
@@ -93,20 +93,25 @@ def fade(done, total, decay):
 
 
 def make_optimizer(cfg, model, steps_per_epoch):
-    """MuonSGD (no Muon group when cfg.muon_lr is 0) and its one-cycle schedule, stepped once per batch.
+    """The optimizer of cfg.optimizer and its one-cycle schedule, stepped once per batch.
 
-    Any torch.optim.lr_scheduler can take OneCycleLR's place here: nothing else reads the scheduler's internals.
+    sgd: MuonSGD (no Muon group when cfg.muon_lr is 0). adamw: AdamW on every
+    weight, betas (0.9, 0.999), decoupled weight decay on the conv and linear
+    weights only (xvel/cifar10-tiniest's optimizer). Any torch.optim.lr_scheduler
+    can take OneCycleLR's place here: nothing else reads the scheduler's internals.
 
     One-cycle: each group's LR goes from its peak/25 up to the peak over the
-    first cfg.warmup of the steps, then down to ~0 along a cosine. It also sets
-    the momentum on every step: cfg.momentum at both ends, 0.1 lower (never
-    below 0) at the LR peak, so a high LR comes with less inertia.
+    first cfg.warmup of the steps, then down to cfg.lr_end of the peak along a
+    cosine. Under sgd it also sets the momentum on every step: cfg.momentum at
+    both ends, 0.1 lower (never below 0) at the LR peak, so a high LR comes with
+    less inertia.
     """
-    groups = param_groups(model, cfg.weight_decay, muon=cfg.muon_lr > 0)
-    optimizer = MuonSGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    sgd = cfg.optimizer == "sgd"
+    groups = param_groups(model, cfg.weight_decay, muon=sgd and cfg.muon_lr > 0)
+    optimizer = MuonSGD(groups, lr=cfg.lr, momentum=cfg.momentum) if sgd else torch.optim.AdamW(groups, lr=cfg.lr)
     peaks = [cfg.muon_lr if g.get("muon") else cfg.lr for g in groups]
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=peaks, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.warmup,
-        div_factor=25, final_div_factor=1e4, cycle_momentum=cfg.momentum > 0,
+        div_factor=25, final_div_factor=1 / (25 * cfg.lr_end), cycle_momentum=sgd and cfg.momentum > 0,
         base_momentum=max(cfg.momentum - 0.1, 0.0), max_momentum=cfg.momentum)
     return optimizer, scheduler

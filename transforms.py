@@ -62,8 +62,8 @@ class Pipeline:
 
 
 def train_transforms(cfg, mean=CIFAR10_MEAN, std=CIFAR10_STD):
-    """The training augmentation of a Config (its translate, flip_p, shift/scale/rotate, hole, aug_decay, epochs
-    and seed fields)."""
+    """The training augmentation of a Config (its translate, flip_p, shift/scale/rotate, sharpen_p, jitter_p, hole,
+    aug_decay, epochs and seed fields)."""
     # A shift of a few pixels on every image; reflected borders add no flat edges that the Affine's fill would.
     pad = IMAGE_SIZE + 2 * cfg.translate
     translate = [A.PadIfNeeded(pad, pad, border_mode=cv2.BORDER_REFLECT_101),
@@ -88,7 +88,12 @@ def train_transforms(cfg, mean=CIFAR10_MEAN, std=CIFAR10_STD):
         fill=mean_fill(mean),
         p=cfg.hole_p,
     )
-    per_image = A.Compose([*translate, A.HorizontalFlip(p=cfg.flip_p), affine, hole], seed=cfg.seed)
+    # xvel's sharpening, as Sharpen's kernel: alpha 0.092 adds 0.74 x (pixel - its 8 neighbours' mean), as kornia's
+    # RandomSharpness at 2.2 does. Either joins the pipeline only when asked for, so default runs draw as before.
+    sharpen = A.Sharpen(alpha=(0.0, 0.092), lightness=(1.0, 1.0), p=cfg.sharpen_p)
+    jitter = A.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.5, hue=0.05, p=cfg.jitter_p)
+    colour = [t for t in (sharpen, jitter) if t.p > 0]
+    per_image = A.Compose([*translate, A.HorizontalFlip(p=cfg.flip_p), affine, *colour, hole], seed=cfg.seed)
 
     def aug_fade(epoch):  # the share of affine_p and hole_p that epoch 1..epochs applies: all in the first, 1 - decay
         return fade(epoch - 1, cfg.epochs - 1, cfg.aug_decay)  # in the last (a one-epoch run applies them in full)
@@ -107,12 +112,21 @@ def test_transforms(mean=CIFAR10_MEAN, std=CIFAR10_STD):
     return Pipeline(None, mean, std)
 
 
-def cutmix(images, labels, num_classes, p):
-    """CutMix a batch with probability p; labels become soft targets (B, num_classes) either way.
+def mix(images, labels, num_classes, cutmix_p, mixup=0.0):
+    """CutMix a batch with probability cutmix_p, else mix it up when mixup > 0; labels become soft targets
+    (B, num_classes) either way.
 
-    A rectangle of each image is replaced by the same rectangle of its neighbour in
-    the batch, and the label weights follow the pasted area (torchvision's CutMix).
+    CutMix: a rectangle of each image is replaced by the same rectangle of its
+    neighbour in the batch, and the label weights follow the pasted area
+    (torchvision's CutMix). Mixup: each image is blended with its neighbour,
+    the neighbour weighted uniformly in [0, mixup] per image, and so are the labels
+    (xvel/cifar10-tiniest's mixup).
     """
-    if torch.rand(()).item() < p:
+    if torch.rand(()).item() < cutmix_p:
         return v2.CutMix(num_classes=num_classes)(images, labels)
-    return images, torch.nn.functional.one_hot(labels, num_classes).to(images.dtype)
+    targets = torch.nn.functional.one_hot(labels, num_classes).to(images.dtype)
+    if mixup > 0:
+        share = torch.rand(len(images), device=images.device) * mixup  # (B,) the neighbour's weight
+        images = torch.lerp(images, images.roll(1, 0), share.view(-1, 1, 1, 1).to(images.dtype))
+        targets = torch.lerp(targets, targets.roll(1, 0), share[:, None].to(targets.dtype))
+    return images, targets

@@ -147,6 +147,15 @@ def test_cutmix_probability_falls_by_the_decay_over_the_run_s_steps():
     assert all(s == 0.2 for _, s in seen)
 
 
+def test_the_mixup_bound_rises_to_its_value_by_mid_run_and_stays():
+    step = engine.TrainStep(torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1), None, mixup=0.5, total_steps=10)
+    seen = []
+    for _ in range(10):
+        seen.append(step.mixup_bound())
+        step.steps_done += 1
+    assert seen[:6] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5]) and seen[6:] == [0.5] * 4
+
+
 def test_fp16_loss_scaling_path_trains():
     """The CUDA fp16 path (GradScaler) run on the CPU: same step, loss goes down."""
     torch.manual_seed(0)

@@ -122,3 +122,27 @@ def test_one_cycle_sets_each_groups_lr_and_the_momentum(momentum, expected):
 def test_muon_lr_zero_leaves_plain_sgd():
     optimizer, _ = make_optimizer(Config(muon_lr=0.0), small_net(), steps_per_epoch=10)
     assert not any(g.get("muon") for g in optimizer.param_groups) and len(optimizer.param_groups) == 2
+
+
+def test_the_lr_ends_at_lr_end_of_each_peak():
+    for lr_end, final in ((Config.lr_end, (0.2 * 4e-6, 0.02 * 4e-6)), (0.1, (0.02, 0.002))):
+        cfg = Config(epochs=1, warmup=0.5, lr=0.2, muon_lr=0.02, lr_end=lr_end)
+        optimizer, scheduler = make_optimizer(cfg, small_net(), steps_per_epoch=11)
+        for _ in range(10):
+            optimizer.step()
+            scheduler.step()
+        assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([final[0], final[0], final[1]], rel=1e-9)
+
+
+def test_adamw_trains_every_weight_with_decoupled_decay_on_conv_and_linear_weights_only():
+    cfg = Config(optimizer="adamw", lr=0.02, weight_decay=0.01, epochs=1, warmup=0.5)
+    optimizer, scheduler = make_optimizer(cfg, small_net(), steps_per_epoch=10)
+    assert type(optimizer) is torch.optim.AdamW
+    assert [(len(g["params"]), g["weight_decay"]) for g in optimizer.param_groups] == [(4, 0.01), (3, 0.0)]
+    betas = [optimizer.param_groups[0]["betas"]]
+    for _ in range(4):
+        optimizer.step()
+        scheduler.step()
+        betas.append(optimizer.param_groups[0]["betas"])
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02)  # the peak, no Muon group
+    assert set(betas) == {(0.9, 0.999)}  # no momentum cycling

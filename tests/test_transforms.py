@@ -113,7 +113,7 @@ def test_cutmix_soft_labels_match_the_pasted_area():
     torch.manual_seed(0)
     images = torch.stack([torch.zeros(3, 32, 32), torch.ones(3, 32, 32)])  # class 0 all 0s, class 1 all 1s
     labels = torch.tensor([0, 1])
-    mixed, targets = T.cutmix(images, labels, num_classes=10, p=1.0)
+    mixed, targets = T.mix(images, labels, num_classes=10, cutmix_p=1.0, mixup=0.5)  # CutMix wins
     assert targets.shape == (2, 10)
     assert torch.allclose(targets.sum(1), torch.ones(2))
     for i in range(2):
@@ -123,9 +123,31 @@ def test_cutmix_soft_labels_match_the_pasted_area():
 
 def test_cutmix_off_gives_one_hot():
     images, labels = torch.randn(4, 3, 32, 32), torch.tensor([3, 1, 4, 1])
-    mixed, targets = T.cutmix(images, labels, num_classes=10, p=0.0)
+    mixed, targets = T.mix(images, labels, num_classes=10, cutmix_p=0.0)
     assert torch.equal(mixed, images)
     assert torch.equal(targets.argmax(1), labels) and torch.equal(targets.sum(1), torch.ones(4))
+
+
+def test_mixup_blends_each_image_and_its_label_with_its_neighbour_by_at_most_the_bound():
+    torch.manual_seed(0)
+    images = torch.arange(8.0)[:, None, None, None].expand(8, 3, 32, 32)  # image i is all i
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
+    mixed, targets = T.mix(images, labels, num_classes=10, cutmix_p=0.0, mixup=0.3)
+    share = targets[torch.arange(8), labels.roll(1)]  # the weight of the neighbour's label
+    assert torch.allclose(targets.sum(1), torch.ones(8)) and (share > 0).all() and (share <= 0.3).all()
+    assert torch.allclose(targets[torch.arange(8), labels], 1 - share)
+    expected = (1 - share) * images[:, 0, 0, 0] + share * images.roll(1, 0)[:, 0, 0, 0]  # pixels too
+    assert torch.allclose(mixed, expected.view(8, 1, 1, 1).expand(8, 3, 32, 32))
+
+
+def test_sharpen_and_jitter_join_the_pipeline_only_when_asked_for():
+    plain = replace(Config(), translate=0, flip_p=0.0, affine_p=0.0, hole_p=0.0)
+    images = np.random.default_rng(3).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    assert torch.equal(T.train_transforms(plain)(images), T.test_transforms()(images))
+    assert len(T.train_transforms(plain).per_image.transforms) == 3  # the flip, the Affine, the hole (p 0): no more
+    for field in ("sharpen_p", "jitter_p"):
+        changed = T.train_transforms(replace(plain, **{field: 1.0}))(images)
+        assert not torch.allclose(changed, T.test_transforms()(images)), field
 
 
 def test_translate_shifts_by_at_most_its_pixels_with_reflected_borders():
