@@ -64,7 +64,8 @@ ROWS = results_table()
 MEASURED = [row for row in ROWS if row["val acc"] != "not measured"]
 # Config fields added after some records were written, and the value that behaves as the code did before.
 BEFORE_IT_EXISTED = dict(translate=0, ema=0.0, init_from="", cutmix_decay=0.0, aug_decay=0.0, tensorboard=False,
-                         val_split=0, split_seed=0)
+                         val_split=0, split_seed=0, optimizer="sgd", lr_end=4e-6, sharpen_p=0.0, jitter_p=0.0,
+                         mixup=0.0)
 
 
 def test_the_table_has_rows():
