@@ -7,6 +7,8 @@ own recipe), rebuilt from its description to measure per-epoch learning in our h
 import torch
 from torch import nn
 
+from candidates import ChannelNorm, TanhExpGate
+
 
 class SeedConv(nn.Sequential):
     """The reference solution's unit: k x k conv (or depthwise k x k + pointwise 1x1) -> BatchNorm -> ReLU ->
@@ -47,21 +49,6 @@ class SeedNet(nn.Module):
 
     def forward(self, x):  # (B, 3, 32, 32) -> (B, num_classes)
         return self.head(self.c4(self.c3(self.c2(self.c1(x)))))
-
-
-class ChannelNorm(nn.LayerNorm):
-    """LayerNorm over the channels of each pixel of a (B, C, H, W) map."""
-
-    def forward(self, x):
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
-class TanhExpGate(nn.Module):
-    """(B, 2h, H, W) -> (B, h, H, W): a * tanh(exp(a)) * b of the two halves a, b (TanhExp, gated)."""
-
-    def forward(self, x):
-        a, b = x.chunk(2, 1)
-        return a * torch.tanh(torch.exp(a)) * b
 
 
 class TiniestBlock(nn.Module):

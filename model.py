@@ -4,7 +4,8 @@ No max-pooling: three 3x3 stride-2 convs halve the resolution (32 -> 16 -> 8 -> 
 Depthwise-separable convs do most of the work, dilated ones widen the receptive
 field, and global average pooling feeds one linear classifier. DilatedNet is the
 same blocks with no stride: unpadded dilated convs shrink the maps instead.
-The baselines that break those rules (SeedNet, TiniestNet) live in baselines.py.
+The candidates for its successor live in candidates.py, the baselines that break
+the rules (SeedNet, TiniestNet) in baselines.py.
 """
 import torch
 from torch import nn
@@ -122,74 +123,6 @@ class DilatedNet(FourStages):
             Residual(SeparableConv(c4, c4, dilation=2), SeparableConv(c4, c4)),
         )
         self.head = Classifier(c4, num_classes, dropout)
-
-
-class Mixer(nn.Module):
-    """Spatial mixing over channel groups: group i goes through a depthwise conv of kernels[i], 0 passes it through.
-
-    Small and large kernels side by side let one layer see near and far at once for few weights (the idea of
-    xvel/cifar10-tiniest's blocks). The groups are the channels split evenly, the last one taking the remainder.
-    """
-
-    def __init__(self, c, kernels=(0, 3, 5, 7)):
-        super().__init__()
-        n = len(kernels)
-        self.sizes = [c // n] * (n - 1) + [c - (n - 1) * (c // n)]
-        self.branches = nn.ModuleList(
-            nn.Conv2d(s, s, k, padding=k // 2, groups=s, bias=False) if k else nn.Identity()
-            for s, k in zip(self.sizes, kernels))
-
-    def forward(self, x):  # (B, c, H, W) -> (B, c, H, W)
-        if len(self.branches) == 1:
-            return self.branches[0](x)
-        return torch.cat([branch(part) for branch, part in zip(self.branches, x.split(self.sizes, 1))], 1)
-
-
-class Gate(nn.Module):
-    """(B, 2h, H, W) -> (B, h, H, W): SiLU of the first half times the second (a gated linear unit, SwiGLU)."""
-
-    def forward(self, x):
-        a, b = x.chunk(2, 1)
-        return nn.functional.silu(a) * b
-
-
-def gated_block(c, hidden, kernels):
-    """A residual block: Mixer -> BatchNorm -> 1x1 to 2*hidden -> Gate -> 1x1 back to c -> BatchNorm, plus x.
-
-    Spatial mixing and channel mixing in separate layers, as in a transformer block; BatchNorm where a
-    transformer has LayerNorm, because it folds into the neighbouring convs at inference.
-    """
-    return Residual(Mixer(c, kernels), nn.BatchNorm2d(c), nn.Conv2d(c, 2 * hidden, 1, bias=False), Gate(),
-                    nn.Conv2d(hidden, c, 1, bias=False), nn.BatchNorm2d(c))
-
-
-class MixNet(FourStages):
-    """A candidate Net that spends its work at 32x32 and 16x16, in gated blocks (docs/experiments.md, "Net v2").
-
-    Full 3x3 convs make C1 and downsample to C2; separable ones downsample to C3 (dilated) and C4, where a full
-    conv would spend the budget.
-    """
-
-    def __init__(self, widths=(32, 64, 128, 160), hidden=(32, 64, 96, 96), depths=(2, 3, 1, 1),
-                 kernels=(0, 3, 5, 7), num_classes=10, dropout=0.0):
-        super().__init__()
-        (c1, c2, c3, c4), (h1, h2, h3, h4), (n1, n2, n3, n4) = widths, hidden, depths
-
-        def blocks(c, h, n):
-            return [gated_block(c, h, kernels) for _ in range(n)]
-
-        self.c1 = nn.Sequential(ConvBN(3, c1), *blocks(c1, h1, n1))  # 32x32
-        self.c2 = nn.Sequential(ConvBN(c1, c2, stride=2), *blocks(c2, h2, n2))  # 32x32 -> 16x16
-        self.c3 = nn.Sequential(SeparableConv(c2, c3, stride=2, dilation=2), *blocks(c3, h3, n3))  # 16x16 -> 8x8
-        self.c4 = nn.Sequential(SeparableConv(c3, c4, stride=2), *blocks(c4, h4, n4))  # 8x8 -> 4x4
-        self.head = Classifier(c4, num_classes, dropout)
-
-
-class MixNet3(MixNet):
-    """MixNet with one depthwise 3x3 over all channels in every block: the control for the Mixer's kernel mix."""
-
-    def __init__(self, num_classes=10, dropout=0.0):
-        super().__init__(kernels=(3,), num_classes=num_classes, dropout=dropout)
 
 
 def receptive_field(model):

@@ -28,7 +28,7 @@ def test_the_deployable_net_takes_uint8_images_and_gives_the_same_logits(name):
         deployable = export.Deployable(net)
         got = deployable(torch.from_numpy(images))
     assert (got - expected).abs().max() < 1e-5
-    if name == "tiniest":  # LayerNorm only: nothing to fold
+    if name in ("tiniest", "xvel"):  # LayerNorm only: nothing to fold
         return
     convs_then_bn = [s for s in net.modules() if isinstance(s, torch.nn.Sequential) and
                      any(isinstance(a, torch.nn.Conv2d) and isinstance(b, torch.nn.BatchNorm2d)

@@ -1,0 +1,126 @@
+"""Candidates for the next Net (issue 46; docs/experiments.md, "Net v2"), each under every rule of the assignment.
+
+They spend their work at 32x32 and 16x16 in blocks that mix space and channels separately, as
+xvel/cifar10-tiniest's do: MixNet and its control MixNet3 with BatchNorm and gated pointwise MLPs, XvelNet
+with xvel's own block. Selectable by --model so that their runs leave records.
+"""
+import torch
+from torch import nn
+
+from model import Classifier, ConvBN, FourStages, Residual, SeparableConv
+
+
+class Mixer(nn.Module):
+    """Spatial mixing over channel groups: group i goes through a depthwise conv of kernels[i], 0 passes it through.
+
+    Small and large kernels side by side let one layer see near and far at once for few weights (the idea of
+    xvel/cifar10-tiniest's blocks). The groups are the channels split evenly, the last one taking the remainder.
+    """
+
+    def __init__(self, c, kernels=(0, 3, 5, 7), dilations=None):
+        super().__init__()
+        n = len(kernels)
+        self.sizes = [c // n] * (n - 1) + [c - (n - 1) * (c // n)]
+        self.branches = nn.ModuleList(
+            nn.Conv2d(s, s, k, padding=d * (k // 2), dilation=d, groups=s, bias=False) if k else nn.Identity()
+            for s, k, d in zip(self.sizes, kernels, dilations or [1] * n))
+
+    def forward(self, x):  # (B, c, H, W) -> (B, c, H, W)
+        if len(self.branches) == 1:
+            return self.branches[0](x)
+        return torch.cat([branch(part) for branch, part in zip(self.branches, x.split(self.sizes, 1))], 1)
+
+
+class Gate(nn.Module):
+    """(B, 2h, H, W) -> (B, h, H, W): SiLU of the first half times the second (a gated linear unit, SwiGLU)."""
+
+    def forward(self, x):
+        a, b = x.chunk(2, 1)
+        return nn.functional.silu(a) * b
+
+
+def gated_block(c, hidden, kernels):
+    """A residual block: Mixer -> BatchNorm -> 1x1 to 2*hidden -> Gate -> 1x1 back to c -> BatchNorm, plus x.
+
+    Spatial mixing and channel mixing in separate layers, as in a transformer block; BatchNorm where a
+    transformer has LayerNorm, because it folds into the neighbouring convs at inference.
+    """
+    return Residual(Mixer(c, kernels), nn.BatchNorm2d(c), nn.Conv2d(c, 2 * hidden, 1, bias=False), Gate(),
+                    nn.Conv2d(hidden, c, 1, bias=False), nn.BatchNorm2d(c))
+
+
+class MixNet(FourStages):
+    """A candidate Net that spends its work at 32x32 and 16x16, in gated blocks (docs/experiments.md, "Net v2").
+
+    Full 3x3 convs make C1 and downsample to C2; separable ones downsample to C3 (dilated) and C4, where a full
+    conv would spend the budget.
+    """
+
+    def __init__(self, widths=(32, 64, 128, 160), hidden=(32, 64, 96, 96), depths=(2, 3, 1, 1),
+                 kernels=(0, 3, 5, 7), num_classes=10, dropout=0.0):
+        super().__init__()
+        (c1, c2, c3, c4), (h1, h2, h3, h4), (n1, n2, n3, n4) = widths, hidden, depths
+
+        def blocks(c, h, n):
+            return [gated_block(c, h, kernels) for _ in range(n)]
+
+        self.c1 = nn.Sequential(ConvBN(3, c1), *blocks(c1, h1, n1))  # 32x32
+        self.c2 = nn.Sequential(ConvBN(c1, c2, stride=2), *blocks(c2, h2, n2))  # 32x32 -> 16x16
+        self.c3 = nn.Sequential(SeparableConv(c2, c3, stride=2, dilation=2), *blocks(c3, h3, n3))  # 16x16 -> 8x8
+        self.c4 = nn.Sequential(SeparableConv(c3, c4, stride=2), *blocks(c4, h4, n4))  # 8x8 -> 4x4
+        self.head = Classifier(c4, num_classes, dropout)
+
+
+class MixNet3(MixNet):
+    """MixNet with one depthwise 3x3 over all channels in every block: the control for the Mixer's kernel mix."""
+
+    def __init__(self, num_classes=10, dropout=0.0):
+        super().__init__(kernels=(3,), num_classes=num_classes, dropout=dropout)
+
+
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each pixel of a (B, C, H, W) map."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class TanhExpGate(nn.Module):
+    """(B, 2h, H, W) -> (B, h, H, W): a * tanh(exp(a)) * b of the two halves a, b (TanhExp, gated)."""
+
+    def forward(self, x):
+        a, b = x.chunk(2, 1)
+        return a * torch.tanh(torch.exp(a)) * b
+
+
+class XvelBlock(nn.Module):
+    """xvel/cifar10-tiniest's block without the 3x3 average pool the rules forbid: quarters of the channels kept,
+    depthwise 3x3, 7x7, 7x7 dilated 3 -> LayerNorm -> 1x1 to 2c -> gate -> 1x1 back, plus x times a learned scale."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.mixer = Mixer(c, kernels=(0, 3, 7, 7), dilations=(1, 1, 1, 3))
+        self.mlp = nn.Sequential(ChannelNorm(c), nn.Conv2d(c, 2 * c, 1), TanhExpGate(), nn.Conv2d(c, c, 1))
+        self.scale = nn.Parameter(torch.ones(1, c, 1, 1))
+
+    def forward(self, x):  # (B, c, H, W) -> (B, c, H, W)
+        return self.mlp(self.mixer(x)) + x * self.scale
+
+
+class XvelNet(FourStages):
+    """xvel/cifar10-tiniest's blocks and stem carried over under the rules: its 48 channels at 32x32 and 80 at
+    16x16, three blocks each; grouped 3x3 stride-2 convs where it has one 4x4, and two more stages, one block each,
+    to reach 4x4 with the budget it leaves. LayerNorm throughout, as in its net: nothing folds at inference."""
+
+    def __init__(self, widths=(48, 80, 96, 128), depths=(3, 3, 1, 1), num_classes=10, dropout=0.0):
+        super().__init__()
+
+        def stage(first, c, n):
+            return nn.Sequential(first, ChannelNorm(c), *(XvelBlock(c) for _ in range(n)))
+
+        (c1, c2, c3, c4), (n1, n2, n3, n4) = widths, depths
+        self.c1 = stage(nn.Conv2d(3, c1, 3, padding=1), c1, n1)  # 32x32
+        self.c2 = stage(nn.Conv2d(c1, c2, 3, 2, 1, groups=16), c2, n2)  # 32x32 -> 16x16
+        self.c3 = stage(nn.Conv2d(c2, c3, 3, 2, 1, groups=16), c3, n3)  # 16x16 -> 8x8
+        self.c4 = stage(nn.Conv2d(c3, c4, 3, 2, 1, groups=16), c4, n4)  # 8x8 -> 4x4
+        self.head = Classifier(c4, num_classes, dropout)
