@@ -39,13 +39,13 @@ class Gate(nn.Module):
         return nn.functional.silu(a) * b
 
 
-def gated_block(c, hidden, kernels):
+def gated_block(c, hidden, kernels, dilations=None):
     """A residual block: Mixer -> BatchNorm -> 1x1 to 2*hidden -> Gate -> 1x1 back to c -> BatchNorm, plus x.
 
     Spatial mixing and channel mixing in separate layers, as in a transformer block; BatchNorm where a
     transformer has LayerNorm, because it folds into the neighbouring convs at inference.
     """
-    return Residual(Mixer(c, kernels), nn.BatchNorm2d(c), nn.Conv2d(c, 2 * hidden, 1, bias=False), Gate(),
+    return Residual(Mixer(c, kernels, dilations), nn.BatchNorm2d(c), nn.Conv2d(c, 2 * hidden, 1, bias=False), Gate(),
                     nn.Conv2d(hidden, c, 1, bias=False), nn.BatchNorm2d(c))
 
 
@@ -57,12 +57,12 @@ class MixNet(FourStages):
     """
 
     def __init__(self, widths=(32, 64, 128, 160), hidden=(32, 64, 96, 96), depths=(2, 3, 1, 1),
-                 kernels=(0, 3, 5, 7), num_classes=10, dropout=0.0):
+                 kernels=(0, 3, 5, 7), dilations=None, num_classes=10, dropout=0.0):
         super().__init__()
         (c1, c2, c3, c4), (h1, h2, h3, h4), (n1, n2, n3, n4) = widths, hidden, depths
 
         def blocks(c, h, n):
-            return [gated_block(c, h, kernels) for _ in range(n)]
+            return [gated_block(c, h, kernels, dilations) for _ in range(n)]
 
         self.c1 = nn.Sequential(ConvBN(3, c1), *blocks(c1, h1, n1))  # 32x32
         self.c2 = nn.Sequential(ConvBN(c1, c2, stride=2), *blocks(c2, h2, n2))  # 32x32 -> 16x16
@@ -76,6 +76,17 @@ class MixNet3(MixNet):
 
     def __init__(self, num_classes=10, dropout=0.0):
         super().__init__(kernels=(3,), num_classes=num_classes, dropout=dropout)
+
+
+class MixNetD(MixNet):
+    """MixNet with xvel's kernel mix: identity, depthwise 3x3, 7x7, and 7x7 with dilation 3 (a 19x19 reach).
+
+    The far-reaching quarter is what xvel/cifar10-tiniest puts after a 3x3 average pool; here it sees the
+    whole 16x16 map from one block, without the pool the rules forbid.
+    """
+
+    def __init__(self, num_classes=10, dropout=0.0):
+        super().__init__(kernels=(0, 3, 7, 7), dilations=(1, 1, 1, 3), num_classes=num_classes, dropout=dropout)
 
 
 class ChannelNorm(nn.LayerNorm):
