@@ -57,14 +57,14 @@ class MixNet(FourStages):
     """
 
     def __init__(self, widths=(32, 64, 128, 160), hidden=(32, 64, 96, 96), depths=(2, 3, 1, 1),
-                 kernels=(0, 3, 5, 7), dilations=None, num_classes=10, dropout=0.0):
+                 kernels=(0, 3, 5, 7), dilations=None, c1_kernels=None, num_classes=10, dropout=0.0):
         super().__init__()
         (c1, c2, c3, c4), (h1, h2, h3, h4), (n1, n2, n3, n4) = widths, hidden, depths
 
-        def blocks(c, h, n):
-            return [gated_block(c, h, kernels, dilations) for _ in range(n)]
+        def blocks(c, h, n, ks=kernels):
+            return [gated_block(c, h, ks, dilations) for _ in range(n)]
 
-        self.c1 = nn.Sequential(ConvBN(3, c1), *blocks(c1, h1, n1))  # 32x32
+        self.c1 = nn.Sequential(ConvBN(3, c1), *blocks(c1, h1, n1, c1_kernels or kernels))  # 32x32
         self.c2 = nn.Sequential(ConvBN(c1, c2, stride=2), *blocks(c2, h2, n2))  # 32x32 -> 16x16
         self.c3 = nn.Sequential(SeparableConv(c2, c3, stride=2, dilation=2), *blocks(c3, h3, n3))  # 16x16 -> 8x8
         self.c4 = nn.Sequential(SeparableConv(c3, c4, stride=2), *blocks(c4, h4, n4))  # 8x8 -> 4x4
@@ -76,6 +76,17 @@ class MixNet3(MixNet):
 
     def __init__(self, num_classes=10, dropout=0.0):
         super().__init__(kernels=(3,), num_classes=num_classes, dropout=dropout)
+
+
+class MixNet16(MixNet):
+    """MixNet with one depthwise 3x3 in C1's blocks and the kernel mix from 16x16 on.
+
+    A large depthwise kernel costs four times as much at 32x32 as at 16x16, and C1's blocks already see
+    through the 16x16 stage's: this asks whether the mix pays at 32x32 for what it costs there.
+    """
+
+    def __init__(self, num_classes=10, dropout=0.0):
+        super().__init__(c1_kernels=(3,), num_classes=num_classes, dropout=dropout)
 
 
 class MixNetD(MixNet):
