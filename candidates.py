@@ -89,6 +89,17 @@ class MixNet16(MixNet):
         super().__init__(c1_kernels=(3,), num_classes=num_classes, dropout=dropout)
 
 
+class MixNetW(MixNet):
+    """MixNet with its capacity moved from 8x8 and 4x4 to 16x16: 80 channels there (xvel's width) and a 96 hidden.
+
+    MixNet holds most of its weights at 8x8 and 4x4, where they cost little time but see a few pixels each; this
+    asks whether the same budget learns more where the reference keeps it.
+    """
+
+    def __init__(self, num_classes=10, dropout=0.0):
+        super().__init__(widths=(32, 80, 112, 144), hidden=(32, 96, 64, 64), num_classes=num_classes, dropout=dropout)
+
+
 class MixNetD(MixNet):
     """MixNet with xvel's kernel mix: identity, depthwise 3x3, 7x7, and 7x7 with dilation 3 (a 19x19 reach).
 

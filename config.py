@@ -14,12 +14,12 @@ import typing
 from dataclasses import asdict, dataclass, fields, replace
 
 from baselines import SeedNet, TiniestNet
-from candidates import MixNet, MixNet3, MixNet16, MixNetD, XvelNet
+from candidates import MixNet, MixNet3, MixNet16, MixNetD, MixNetW, XvelNet
 from model import DilatedNet, Net
 
 # The names --model takes. "seed" and "tiniest" break the assignment's rules: baselines to measure against.
 MODELS = {"net": Net, "dilated": DilatedNet, "seed": SeedNet, "tiniest": TiniestNet,
-          "mix": MixNet, "mix3": MixNet3, "mix16": MixNet16, "mixd": MixNetD,
+          "mix": MixNet, "mix3": MixNet3, "mix16": MixNet16, "mixd": MixNetD, "mixw": MixNetW,
           "xvel": XvelNet}  # candidates for the next Net (docs/experiments.md, "Net v2")
 
 IMAGE_SIZE = 32  # pixels, height and width: what every data source must hold and the models are built for
@@ -82,7 +82,7 @@ class Config:
     label_smoothing: float = 0.1  # cross-entropy target smoothing for training (evaluation uses plain CE)
     ema: float = 0.0  # decay per step of a weight average (EMA) evaluated, saved and analysed instead (0: off)
     # model
-    model: str = "net"  # net (Net), dilated (DilatedNet: no stride), mix/mix3/mix16/mixd/xvel (candidates); seed, tiniest (baselines)
+    model: str = "net"  # net (Net), dilated (DilatedNet: no stride), mix/mix3/mix16/mixd/mixw/xvel (candidates); seed, tiniest (baselines)
     dropout: float = 0.0  # dropout before the classifier
     # augmentation (Albumentations, per image, uint8). Every random regularizer fades to none by the end, so the
     # low-LR end of the schedule, where the net settles, sees clean whole images (docs/experiments.md, "CutMix",

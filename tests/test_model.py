@@ -11,7 +11,7 @@ from config import MODELS
 from model import (DilatedNet, Net, Residual, SeparableConv, architecture_rules, count_params, multiply_adds,
                    receptive_field)
 
-ASSIGNMENT_NETS = ("dilated", "mix", "mix16", "mix3", "mixd", "net", "xvel")  # built to the assignment's rules
+ASSIGNMENT_NETS = ("dilated", "mix", "mix16", "mix3", "mixd", "mixw", "net", "xvel")  # built to the assignment's rules
 BASELINES = ("seed", "tiniest")  # the reference solution's net and xvel/cifar10-tiniest's, which break them
 
 
