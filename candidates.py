@@ -1,85 +1,25 @@
-"""Candidates for the next Net (issue 46; docs/experiments.md, "Net v2"), each under every rule of the assignment.
+"""The designs measured against Net in issue 46 (docs/experiments.md, "Net v2"), each under every rule.
 
-They spend their work at 32x32 and 16x16 in blocks that mix space and channels separately, as
-xvel/cifar10-tiniest's do: MixNet and its control MixNet3 with BatchNorm and gated pointwise MLPs, XvelNet
-with xvel's own block. Selectable by --model so that their runs leave records.
+Like Net they spend their work at 32x32 and 16x16 in blocks that mix space and channels separately, as
+xvel/cifar10-tiniest's do: Net's variants (MixNet3, MixNet16, MixNetW, MixNetD), XvelNet with xvel's own block,
+and DilatedMixNet, Net's blocks shrunk as DilatedNet shrinks. Selectable by --model so that their runs leave
+records and can be rerun.
 """
 import torch
 from torch import nn
 
-from model import Classifier, ConvBN, FourStages, Residual, SeparableConv
+from model import Classifier, ConvBN, FourStages, Mixer, Net, SeparableConv, gated_block
 
 
-class Mixer(nn.Module):
-    """Spatial mixing over channel groups: group i goes through a depthwise conv of kernels[i], 0 passes it through.
-
-    Small and large kernels side by side let one layer see near and far at once for few weights (the idea of
-    xvel/cifar10-tiniest's blocks). The groups are the channels split evenly, the last one taking the remainder.
-    """
-
-    def __init__(self, c, kernels=(0, 3, 5, 7), dilations=None):
-        super().__init__()
-        n = len(kernels)
-        self.sizes = [c // n] * (n - 1) + [c - (n - 1) * (c // n)]
-        self.branches = nn.ModuleList(
-            nn.Conv2d(s, s, k, padding=d * (k // 2), dilation=d, groups=s, bias=False) if k else nn.Identity()
-            for s, k, d in zip(self.sizes, kernels, dilations or [1] * n))
-
-    def forward(self, x):  # (B, c, H, W) -> (B, c, H, W)
-        if len(self.branches) == 1:
-            return self.branches[0](x)
-        return torch.cat([branch(part) for branch, part in zip(self.branches, x.split(self.sizes, 1))], 1)
-
-
-class Gate(nn.Module):
-    """(B, 2h, H, W) -> (B, h, H, W): SiLU of the first half times the second (a gated linear unit, SwiGLU)."""
-
-    def forward(self, x):
-        a, b = x.chunk(2, 1)
-        return nn.functional.silu(a) * b
-
-
-def gated_block(c, hidden, kernels, dilations=None):
-    """A residual block: Mixer -> BatchNorm -> 1x1 to 2*hidden -> Gate -> 1x1 back to c -> BatchNorm, plus x.
-
-    Spatial mixing and channel mixing in separate layers, as in a transformer block; BatchNorm where a
-    transformer has LayerNorm, because it folds into the neighbouring convs at inference.
-    """
-    return Residual(Mixer(c, kernels, dilations), nn.BatchNorm2d(c), nn.Conv2d(c, 2 * hidden, 1, bias=False), Gate(),
-                    nn.Conv2d(hidden, c, 1, bias=False), nn.BatchNorm2d(c))
-
-
-class MixNet(FourStages):
-    """A candidate Net that spends its work at 32x32 and 16x16, in gated blocks (docs/experiments.md, "Net v2").
-
-    Full 3x3 convs make C1 and downsample to C2; separable ones downsample to C3 (dilated) and C4, where a full
-    conv would spend the budget.
-    """
-
-    def __init__(self, widths=(32, 64, 128, 160), hidden=(32, 64, 96, 96), depths=(2, 3, 1, 1),
-                 kernels=(0, 3, 5, 7), dilations=None, c1_kernels=None, num_classes=10, dropout=0.0):
-        super().__init__()
-        (c1, c2, c3, c4), (h1, h2, h3, h4), (n1, n2, n3, n4) = widths, hidden, depths
-
-        def blocks(c, h, n, ks=kernels):
-            return [gated_block(c, h, ks, dilations) for _ in range(n)]
-
-        self.c1 = nn.Sequential(ConvBN(3, c1), *blocks(c1, h1, n1, c1_kernels or kernels))  # 32x32
-        self.c2 = nn.Sequential(ConvBN(c1, c2, stride=2), *blocks(c2, h2, n2))  # 32x32 -> 16x16
-        self.c3 = nn.Sequential(SeparableConv(c2, c3, stride=2, dilation=2), *blocks(c3, h3, n3))  # 16x16 -> 8x8
-        self.c4 = nn.Sequential(SeparableConv(c3, c4, stride=2), *blocks(c4, h4, n4))  # 8x8 -> 4x4
-        self.head = Classifier(c4, num_classes, dropout)
-
-
-class MixNet3(MixNet):
-    """MixNet with one depthwise 3x3 over all channels in every block: the control for the Mixer's kernel mix."""
+class MixNet3(Net):
+    """Net with one depthwise 3x3 over all channels in every block: the control for the Mixer's kernel mix."""
 
     def __init__(self, num_classes=10, dropout=0.0):
         super().__init__(kernels=(3,), num_classes=num_classes, dropout=dropout)
 
 
-class MixNet16(MixNet):
-    """MixNet with one depthwise 3x3 in C1's blocks and the kernel mix from 16x16 on.
+class MixNet16(Net):
+    """Net with one depthwise 3x3 in C1's blocks and the kernel mix from 16x16 on.
 
     A large depthwise kernel costs four times as much at 32x32 as at 16x16, and C1's blocks already see
     through the 16x16 stage's: this asks whether the mix pays at 32x32 for what it costs there.
@@ -89,10 +29,10 @@ class MixNet16(MixNet):
         super().__init__(c1_kernels=(3,), num_classes=num_classes, dropout=dropout)
 
 
-class MixNetW(MixNet):
-    """MixNet with its capacity moved from 8x8 and 4x4 to 16x16: 80 channels there (xvel's width) and a 96 hidden.
+class MixNetW(Net):
+    """Net with its capacity moved from 8x8 and 4x4 to 16x16: 80 channels there (xvel's width) and a 96 hidden.
 
-    MixNet holds most of its weights at 8x8 and 4x4, where they cost little time but see a few pixels each; this
+    Net holds most of its weights at 8x8 and 4x4, where they cost little time but see a few pixels each; this
     asks whether the same budget learns more where the reference keeps it.
     """
 
@@ -100,8 +40,8 @@ class MixNetW(MixNet):
         super().__init__(widths=(32, 80, 112, 144), hidden=(32, 96, 64, 64), num_classes=num_classes, dropout=dropout)
 
 
-class MixNetD(MixNet):
-    """MixNet with xvel's kernel mix: identity, depthwise 3x3, 7x7, and 7x7 with dilation 3 (a 19x19 reach).
+class MixNetD(Net):
+    """Net with xvel's kernel mix: identity, depthwise 3x3, 7x7, and 7x7 with dilation 3 (a 19x19 reach).
 
     The far-reaching quarter is what xvel/cifar10-tiniest puts after a 3x3 average pool; here it sees the
     whole 16x16 map from one block, without the pool the rules forbid.
@@ -109,6 +49,28 @@ class MixNetD(MixNet):
 
     def __init__(self, num_classes=10, dropout=0.0):
         super().__init__(kernels=(0, 3, 7, 7), dilations=(1, 1, 1, 3), num_classes=num_classes, dropout=dropout)
+
+
+class DilatedMixNet(FourStages):
+    """Net's gated blocks with no stride anywhere, shrunk as DilatedNet shrinks: unpadded dilated convs, 32 -> 16 -> 8.
+
+    The question for DilatedNet: whether the blocks that make Net learn more per epoch do so without stride too.
+    C1's blocks see 15 pixels, so C2's dilation-8 taps leave no gaps; C4 stays at 8x8, as in DilatedNet.
+    """
+
+    def __init__(self, widths=(32, 64, 128, 160), hidden=(32, 64, 96, 96), depths=(2, 3, 1, 1), num_classes=10,
+                 dropout=0.0):
+        super().__init__()
+        (c1, c2, c3, c4), (h1, h2, h3, h4), (n1, n2, n3, n4) = widths, hidden, depths
+
+        def blocks(c, h, n):
+            return [gated_block(c, h, (0, 3, 5, 7)) for _ in range(n)]
+
+        self.c1 = nn.Sequential(ConvBN(3, c1), *blocks(c1, h1, n1))  # 32x32
+        self.c2 = nn.Sequential(ConvBN(c1, c2, dilation=8, valid=True), *blocks(c2, h2, n2))  # 32x32 -> 16x16
+        self.c3 = nn.Sequential(SeparableConv(c2, c3, dilation=4, valid=True), *blocks(c3, h3, n3))  # 16x16 -> 8x8
+        self.c4 = nn.Sequential(SeparableConv(c3, c4, dilation=2), *blocks(c4, h4, n4))  # 8x8
+        self.head = Classifier(c4, num_classes, dropout)
 
 
 class ChannelNorm(nn.LayerNorm):

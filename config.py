@@ -14,13 +14,13 @@ import typing
 from dataclasses import asdict, dataclass, fields, replace
 
 from baselines import SeedNet, TiniestNet
-from candidates import MixNet, MixNet3, MixNet16, MixNetD, MixNetW, XvelNet
-from model import DilatedNet, Net
+from candidates import DilatedMixNet, MixNet3, MixNet16, MixNetD, MixNetW, XvelNet
+from model import DilatedNet, FastNet, Net
 
 # The names --model takes. "seed" and "tiniest" break the assignment's rules: baselines to measure against.
-MODELS = {"net": Net, "dilated": DilatedNet, "seed": SeedNet, "tiniest": TiniestNet,
-          "mix": MixNet, "mix3": MixNet3, "mix16": MixNet16, "mixd": MixNetD, "mixw": MixNetW,
-          "xvel": XvelNet}  # candidates for the next Net (docs/experiments.md, "Net v2")
+MODELS = {"net": Net, "fast": FastNet, "dilated": DilatedNet, "seed": SeedNet, "tiniest": TiniestNet,
+          "mix3": MixNet3, "mix16": MixNet16, "mixd": MixNetD, "mixw": MixNetW, "xvel": XvelNet,
+          "dmix": DilatedMixNet}  # the designs measured against Net (docs/experiments.md, "Net v2")
 
 IMAGE_SIZE = 32  # pixels, height and width: what every data source must hold and the models are built for
 
@@ -82,7 +82,7 @@ class Config:
     label_smoothing: float = 0.1  # cross-entropy target smoothing for training (evaluation uses plain CE)
     ema: float = 0.0  # decay per step of a weight average (EMA) evaluated, saved and analysed instead (0: off)
     # model
-    model: str = "net"  # net (Net), dilated (DilatedNet: no stride), mix/mix3/mix16/mixd/mixw/xvel (candidates); seed, tiniest (baselines)
+    model: str = "net"  # net (Net), fast (FastNet: more per CPU minute), dilated (DilatedNet: no stride); mix3/mix16/mixd/mixw/xvel, dmix (measured against Net, DilatedNet); seed, tiniest (baselines)
     dropout: float = 0.0  # dropout before the classifier
     # augmentation (Albumentations, per image, uint8). Every random regularizer fades to none by the end, so the
     # low-LR end of the schedule, where the net settles, sees clean whole images (docs/experiments.md, "CutMix",

@@ -1,11 +1,11 @@
 """torch.hub entry points:
 
-    net = torch.hub.load("path/to/this/clone", "net", source="local", pretrained=True)  # or "OWNER/REPO" on GitHub
+    net = torch.hub.load("path/to/this/clone", "fast_net", source="local", pretrained=True)  # or "OWNER/REPO"
     prep = torch.hub.load("path/to/this/clone", "preprocess", source="local")
     probs = net(prep(images)).softmax(1)   # images: uint8 RGB, (H, W, 3) or (N, H, W, 3), or PIL images
 
 The pretrained net comes in eval mode with the normalization its weights were trained with in `preprocess`, so
-the two cannot disagree.
+the two cannot disagree. The shipped weights are FastNet's; "net" builds today's Net, untrained.
 """
 import numpy as _np
 
@@ -23,14 +23,22 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 
 def net(pretrained=False, **kwargs):
-    """Net (199,706 parameters). pretrained=True: the shipped weights, 87.51% on CIFAR-10's 10,000 test images
+    """Net (191,490 parameters), untrained: no weights of it ship yet (pretrained=True says so)."""
+    if pretrained:
+        raise _UserError("error: no weights of Net ship yet; fast_net(pretrained=True) loads the shipped weights, "
+                         "FastNet's (pretrained/README.md)")
+    return _model.Net(**kwargs)
+
+
+def fast_net(pretrained=False, **kwargs):
+    """FastNet (199,706 parameters). pretrained=True: the shipped weights, 87.51% on CIFAR-10's 10,000 test images
     (pretrained/README.md), in eval mode; their classes are hubconf.CLASSES."""
-    model = _model.Net(**kwargs)
+    model = _model.FastNet(**kwargs)
     if pretrained:
         saved = _checkpoint.load_pretrained()
         shapes = {k: v.shape for k, v in model.state_dict().items()}
         if tuple(saved["classes"]) != CLASSES or shapes != {k: v.shape for k, v in saved["model"].items()}:
-            raise _UserError("error: the shipped weights are those of the default Net on CIFAR-10's 10 classes; "
+            raise _UserError("error: the shipped weights are those of a default FastNet on CIFAR-10's 10 classes; "
                             "drop the keyword arguments or pretrained=True")
         model.load_state_dict(saved["model"])
         model.eval()

@@ -1,11 +1,14 @@
 """Net: a compact CIFAR-10 CNN, C1 C2 C3 C4 + output, under 200k parameters.
 
 No max-pooling: three 3x3 stride-2 convs halve the resolution (32 -> 16 -> 8 -> 4).
-Depthwise-separable convs do most of the work, dilated ones widen the receptive
-field, and global average pooling feeds one linear classifier. DilatedNet is the
-same blocks with no stride: unpadded dilated convs shrink the maps instead.
-The candidates for its successor live in candidates.py, the baselines that break
-the rules (SeedNet, TiniestNet) in baselines.py.
+Gated blocks do most of the work at 32x32 and 16x16: depthwise convs of several
+kernel sizes over channel groups, then a gated pointwise MLP. A separable and
+dilated conv downsamples to 8x8, and global average pooling feeds one linear
+classifier. FastNet, the Net before it, does less work per image in plain
+separable blocks; DilatedNet is FastNet's blocks with no stride: unpadded dilated
+convs shrink the maps instead. The variants tried against Net live in
+candidates.py, the baselines that break the rules (SeedNet, TiniestNet) in
+baselines.py.
 """
 import torch
 from torch import nn
@@ -74,7 +77,75 @@ class FourStages(nn.Module):
         return self.head(x)  # (B, num_classes) logits
 
 
+class Mixer(nn.Module):
+    """Spatial mixing over channel groups: group i goes through a depthwise conv of kernels[i], 0 passes it through.
+
+    Small and large kernels side by side let one layer see near and far at once for few weights (the idea of
+    xvel/cifar10-tiniest's blocks). The groups are the channels split evenly, the last one taking the remainder.
+    """
+
+    def __init__(self, c, kernels=(0, 3, 5, 7), dilations=None):
+        super().__init__()
+        n = len(kernels)
+        self.sizes = [c // n] * (n - 1) + [c - (n - 1) * (c // n)]
+        self.branches = nn.ModuleList(
+            nn.Conv2d(s, s, k, padding=d * (k // 2), dilation=d, groups=s, bias=False) if k else nn.Identity()
+            for s, k, d in zip(self.sizes, kernels, dilations or [1] * n))
+
+    def forward(self, x):  # (B, c, H, W) -> (B, c, H, W)
+        if len(self.branches) == 1:
+            return self.branches[0](x)
+        return torch.cat([branch(part) for branch, part in zip(self.branches, x.split(self.sizes, 1))], 1)
+
+
+class Gate(nn.Module):
+    """(B, 2h, H, W) -> (B, h, H, W): SiLU of the first half times the second (a gated linear unit, SwiGLU)."""
+
+    def forward(self, x):
+        a, b = x.chunk(2, 1)
+        return nn.functional.silu(a) * b
+
+
+def gated_block(c, hidden, kernels, dilations=None):
+    """A residual block: Mixer -> BatchNorm -> 1x1 to 2*hidden -> Gate -> 1x1 back to c -> BatchNorm, plus x.
+
+    Spatial mixing and channel mixing in separate layers, as in a transformer block; BatchNorm where a
+    transformer has LayerNorm, because it folds into the neighbouring convs at inference.
+    """
+    return Residual(Mixer(c, kernels, dilations), nn.BatchNorm2d(c), nn.Conv2d(c, 2 * hidden, 1, bias=False), Gate(),
+                    nn.Conv2d(hidden, c, 1, bias=False), nn.BatchNorm2d(c))
+
+
 class Net(FourStages):
+    """Most of its work at 32x32 and 16x16, in gated blocks that mix space and channels apart (docs/experiments.md,
+    "Net v2"), as xvel/cifar10-tiniest's do.
+
+    Full 3x3 convs make C1 and downsample to C2; separable ones downsample to C3 (dilated) and C4, where a full
+    conv would spend the budget.
+    """
+
+    def __init__(self, widths=(32, 64, 128, 160), hidden=(32, 64, 96, 96), depths=(2, 3, 1, 1),
+                 kernels=(0, 3, 5, 7), dilations=None, c1_kernels=None, num_classes=10, dropout=0.0):
+        super().__init__()
+        (c1, c2, c3, c4), (h1, h2, h3, h4), (n1, n2, n3, n4) = widths, hidden, depths
+
+        def blocks(c, h, n, ks=kernels):
+            return [gated_block(c, h, ks, dilations) for _ in range(n)]
+
+        self.c1 = nn.Sequential(ConvBN(3, c1), *blocks(c1, h1, n1, c1_kernels or kernels))  # 32x32
+        self.c2 = nn.Sequential(ConvBN(c1, c2, stride=2), *blocks(c2, h2, n2))  # 32x32 -> 16x16
+        self.c3 = nn.Sequential(SeparableConv(c2, c3, stride=2, dilation=2), *blocks(c3, h3, n3))  # 16x16 -> 8x8
+        self.c4 = nn.Sequential(SeparableConv(c3, c4, stride=2), *blocks(c4, h4, n4))  # 8x8 -> 4x4
+        self.head = Classifier(c4, num_classes, dropout)
+
+
+class FastNet(FourStages):
+    """The Net before issue 46: one residual block of two separable convs per stage, most weights at 8x8 and 4x4.
+
+    Net learns more per epoch; this one, with fewer multiply-adds in plain separable convs, runs an epoch in
+    under half of Net's time on a CPU (docs/experiments.md, "Net v2"). pretrained/ ships its weights.
+    """
+
     def __init__(self, widths=(32, 64, 112, 160), num_classes=10, dropout=0.0):
         super().__init__()
         c1, c2, c3, c4 = widths
@@ -97,7 +168,7 @@ class Net(FourStages):
 
 
 class DilatedNet(FourStages):
-    """Net's blocks with no stride anywhere: unpadded dilated convs shrink the maps 32 -> 16 -> 8.
+    """FastNet's blocks with no stride anywhere: unpadded dilated convs shrink the maps 32 -> 16 -> 8.
 
     A 3x3 conv with dilation d and no padding trims 2d pixels per axis: d = 8 and 4
     give 16x16 and 8x8. Neighbouring units stay one input pixel apart (no

@@ -6,7 +6,7 @@ import benchmark
 import data
 from config import UserError
 from baselines import SeedNet
-from model import Net, multiply_adds
+from model import FastNet, Net, multiply_adds
 
 
 def test_benchmark_runs_and_writes_its_table(tmp_path, capsys):
@@ -40,7 +40,8 @@ def test_against_times_two_settings_side_by_side_with_the_epoch_ratio(tmp_path, 
 
 
 def test_multiply_adds_counts_convs_and_linear_layers():
-    assert multiply_adds(Net()) == pytest.approx(17.7e6, rel=0.01)
+    assert multiply_adds(Net()) == pytest.approx(27.9e6, rel=0.01)
+    assert multiply_adds(FastNet()) == pytest.approx(17.7e6, rel=0.01)
     net = Net().train()
     multiply_adds(net)
     assert net.training  # the count leaves the mode as it was

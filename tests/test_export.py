@@ -35,7 +35,7 @@ def test_the_deployable_net_takes_uint8_images_and_gives_the_same_logits(name):
                          for a, b in zip(list(s), list(s)[1:]))]
     left = sum(isinstance(m, torch.nn.BatchNorm2d) for m in deployable.modules())
     assert convs_then_bn and left < sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
-    if name in ("net", "dilated", "seed"):  # every BatchNorm of these follows a conv
+    if name in ("fast", "dilated", "seed"):  # every BatchNorm of these follows a conv
         assert left == 0
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # the original is untouched
 
@@ -50,7 +50,7 @@ def test_the_onnx_model_of_the_shipped_weights_agrees_with_pytorch(tmp_path, cap
     model = onnx.load(str(out))
     assert "BatchNormalization" not in {node.op_type for node in model.graph.node}
     assert {p.key: p.value for p in model.metadata_props}["classes"] == ",".join(hubconf.CLASSES)
-    net = hubconf.net(pretrained=True)
+    net = hubconf.fast_net(pretrained=True)
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     for n in (1, 5):  # any batch size
         images = np.random.default_rng(n).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)

@@ -8,10 +8,11 @@ from torch import nn
 from baselines import SeedNet, TiniestNet
 from candidates import XvelNet
 from config import MODELS
-from model import (DilatedNet, Net, Residual, SeparableConv, architecture_rules, count_params, multiply_adds,
+from model import (Net, Residual, SeparableConv, architecture_rules, count_params, multiply_adds,
                    receptive_field)
 
-ASSIGNMENT_NETS = ("dilated", "mix", "mix16", "mix3", "mixd", "mixw", "net", "xvel")  # built to the assignment's rules
+# built to the assignment's rules
+ASSIGNMENT_NETS = ("dilated", "dmix", "fast", "mix16", "mix3", "mixd", "mixw", "net", "xvel")
 BASELINES = ("seed", "tiniest")  # the reference solution's net and xvel/cifar10-tiniest's, which break them
 
 
@@ -60,8 +61,9 @@ def test_net_downsamples_with_exactly_three_3x3_stride2_convs():
     assert map_sizes(net) == [(32, 32), (16, 16), (8, 8), (4, 4)]
 
 
-def test_dilated_net_has_no_stride_and_shrinks_only_by_unpadded_dilated_convs():
-    net = DilatedNet()
+@pytest.mark.parametrize("name", ["dilated", "dmix"])
+def test_dilated_net_has_no_stride_and_shrinks_only_by_unpadded_dilated_convs(name):
+    net = MODELS[name]()
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     assert all(m.stride == (1, 1) for m in convs)
     shrinking = [m for m in convs if m.kernel_size != (1, 1) and m.padding == (0, 0)]

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from config import Config
-from model import Net
+from model import FastNet, Net
 from optim import MuonSGD, make_optimizer, orthogonalize, param_groups
 
 CPU = torch.device("cpu")
@@ -30,7 +30,9 @@ def test_without_muon_every_weight_is_decayed_by_sgd():
 
 
 def test_net_gives_muon_all_but_its_depthwise_and_linear_weights():
-    muon = param_groups(Net(), 5e-4)[2]["params"]
+    muon = param_groups(Net(), 5e-4)[2]["params"]  # 2 full convs, 2 downsampling pointwise, 7 blocks x 2 pointwise
+    assert len(muon) == 18 and sum(p.numel() for p in muon) == 173_920
+    muon = param_groups(FastNet(), 5e-4)[2]["params"]  # 2 full convs, 10 pointwise
     assert len(muon) == 12 and sum(p.numel() for p in muon) == 188_256
 
 

@@ -10,33 +10,33 @@ from PIL import Image
 import hubconf
 import predict
 import transforms
-from checkpoint import PRETRAINED
-from config import Config, UserError
+from checkpoint import PRETRAINED, PRETRAINED_MODEL
+from config import MODELS, UserError
 from baselines import SeedNet
-from model import DilatedNet, Net
+from model import DilatedNet, FastNet, Net
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEV_VAL = os.path.join(ROOT, "..", "shared", "data", "cifar10-dev", "val")
 
 
-def test_the_shipped_weights_are_those_of_todays_default_net():
+def test_the_shipped_weights_are_fast_nets():
     saved = torch.load(PRETRAINED, weights_only=True)
-    expected = {k: v.shape for k, v in Net().state_dict().items()}
-    # Fails when the default Net changes: ship weights of the new net, with their record (pretrained/README.md).
+    expected = {k: v.shape for k, v in FastNet().state_dict().items()}
     assert {k: v.shape for k, v in saved["model"].items()} == expected
     assert tuple(saved["classes"]) == hubconf.CLASSES
+    # The record, copied as it was written: FastNet was "net", the default, when it ran (pretrained/README.md).
     record = json.load(open(os.path.join(ROOT, "pretrained", "config.json")))
-    assert record["model"] == Config().model == "net"
+    assert record["model"] == "net" and PRETRAINED_MODEL == "fast" and MODELS["fast"] is FastNet
     summary = json.load(open(os.path.join(ROOT, "pretrained", "summary.json")))
     assert "87.51" in open(os.path.join(ROOT, "pretrained", "README.md")).read()
     assert summary["final_test_acc"] == 87.51
 
 
 def test_hub_loads_the_pretrained_net_in_eval_mode_with_its_preprocessing():
-    net = torch.hub.load(ROOT, "net", source="local", pretrained=True)
+    net = torch.hub.load(ROOT, "fast_net", source="local", pretrained=True)
     prep = torch.hub.load(ROOT, "preprocess", source="local")
-    assert isinstance(net, Net) and not net.training
-    reference = Net()
+    assert isinstance(net, FastNet) and not net.training
+    reference = FastNet()
     reference.load_state_dict(torch.load(PRETRAINED, weights_only=True)["model"])
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     batch = prep(images)
@@ -51,14 +51,17 @@ def test_hub_loads_the_pretrained_net_in_eval_mode_with_its_preprocessing():
 def test_hub_lists_the_entry_points_and_builds_untrained_nets():
     # torch.hub.list's rule (it reads GitHub only): the callables whose names do not start with "_"
     listed = [n for n in dir(hubconf) if callable(getattr(hubconf, n)) and not n.startswith("_")]
-    assert listed == ["dilated_net", "net", "preprocess", "seed_net"]
+    assert listed == ["dilated_net", "fast_net", "net", "preprocess", "seed_net"]
     assert isinstance(torch.hub.load(ROOT, "dilated_net", source="local"), DilatedNet)
     assert isinstance(torch.hub.load(ROOT, "seed_net", source="local"), SeedNet)
-    assert torch.hub.load(ROOT, "net", source="local").training
+    assert isinstance(torch.hub.load(ROOT, "fast_net", source="local"), FastNet)
+    net = torch.hub.load(ROOT, "net", source="local")
+    assert isinstance(net, Net) and net.training
 
 
 @pytest.mark.parametrize("call", [
-    lambda: hubconf.net(pretrained=True, num_classes=3),
+    lambda: hubconf.fast_net(pretrained=True, num_classes=3),
+    lambda: hubconf.net(pretrained=True),
     lambda: hubconf.preprocess()(np.zeros((32, 32, 3), np.float32)),
 ])
 def test_hub_misuse_is_one_line(call):
@@ -73,7 +76,7 @@ def test_predict_without_a_checkpoint_uses_the_shipped_weights_and_says_so(tmp_p
     rows = predict.main([str(tmp_path / "a.png"), f"--csv={tmp_path / 'p.csv'}"])
     assert capsys.readouterr().out.splitlines()[0].startswith("classifying with the shipped weights")
     with torch.no_grad():
-        probs = hubconf.net(pretrained=True)(hubconf.preprocess()(image)).softmax(1)[0]
+        probs = hubconf.fast_net(pretrained=True)(hubconf.preprocess()(image)).softmax(1)[0]
     assert rows[0]["class"] == hubconf.CLASSES[probs.argmax()]
     assert rows[0]["probability"] == pytest.approx(probs.max().item(), abs=1e-4)
 
