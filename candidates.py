@@ -8,7 +8,7 @@ records and can be rerun.
 import torch
 from torch import nn
 
-from model import Classifier, ConvBN, FourStages, Mixer, Net, SeparableConv, gated_block
+from model import Classifier, ConvBN, FourStages, Mixer, Net, SeparableConv
 
 
 class MixNet3(Net):
@@ -51,26 +51,20 @@ class MixNetD(Net):
         super().__init__(kernels=(0, 3, 7, 7), dilations=(1, 1, 1, 3), num_classes=num_classes, dropout=dropout)
 
 
-class DilatedMixNet(FourStages):
-    """Net's gated blocks with no stride anywhere, shrunk as DilatedNet shrinks: unpadded dilated convs, 32 -> 16 -> 8.
+class DilatedMixNet(Net):
+    """Net with no stride anywhere, shrunk as DilatedNet shrinks: unpadded dilated convs, 32 -> 16 -> 8.
 
     The question for DilatedNet: whether the blocks that make Net learn more per epoch do so without stride too.
     C1's blocks see 15 pixels, so C2's dilation-8 taps leave no gaps; C4 stays at 8x8, as in DilatedNet.
     """
 
-    def __init__(self, widths=(32, 64, 128, 160), hidden=(32, 64, 96, 96), depths=(2, 3, 1, 1), num_classes=10,
-                 dropout=0.0):
-        super().__init__()
-        (c1, c2, c3, c4), (h1, h2, h3, h4), (n1, n2, n3, n4) = widths, hidden, depths
-
-        def blocks(c, h, n):
-            return [gated_block(c, h, (0, 3, 5, 7)) for _ in range(n)]
-
-        self.c1 = nn.Sequential(ConvBN(3, c1), *blocks(c1, h1, n1))  # 32x32
-        self.c2 = nn.Sequential(ConvBN(c1, c2, dilation=8, valid=True), *blocks(c2, h2, n2))  # 32x32 -> 16x16
-        self.c3 = nn.Sequential(SeparableConv(c2, c3, dilation=4, valid=True), *blocks(c3, h3, n3))  # 16x16 -> 8x8
-        self.c4 = nn.Sequential(SeparableConv(c3, c4, dilation=2), *blocks(c4, h4, n4))  # 8x8
-        self.head = Classifier(c4, num_classes, dropout)
+    def __init__(self, widths=(32, 64, 128, 160), num_classes=10, dropout=0.0):
+        super().__init__(widths=widths, num_classes=num_classes, dropout=dropout)
+        c1, c2, c3, c4 = widths
+        # Net's three stride-2 convs, each replaced by a stride-free one of the same weights' shapes
+        self.c2[0] = ConvBN(c1, c2, dilation=8, valid=True)  # 32x32 -> 16x16
+        self.c3[0] = SeparableConv(c2, c3, dilation=4, valid=True)  # 16x16 -> 8x8
+        self.c4[0] = SeparableConv(c3, c4, dilation=2)  # 8x8
 
 
 class ChannelNorm(nn.LayerNorm):

@@ -16,17 +16,13 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
 
-def results_table():
-    """The README's results table as a list of {column: cell} dicts."""
+def readme_table(header_start):
+    """The README's table whose header line starts with header_start, as a list of {column: cell} dicts."""
     lines = README.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| model | options |"))
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
     header = [c.strip() for c in lines[start].strip("|").split("|")]
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append(dict(zip(header, (c.strip() for c in line.strip("|").split("|")))))
-    return rows
+    rows = itertools.takewhile(lambda line: line.startswith("|"), lines[start + 2:])
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in rows]
 
 
 def numbers(cell):
@@ -59,7 +55,7 @@ def mean_sd(values):
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-ROWS = results_table()
+ROWS = readme_table("| model | options |")
 # A row may name a run nobody has made yet (a schedule too long for the CPU): its command, no figures.
 MEASURED = [row for row in ROWS if row["val acc"] != "not measured"]
 # Config fields added after some records were written, and the value that behaves as the code did before.
@@ -128,34 +124,27 @@ def test_the_readme_model_figures_are_the_code_s():
         net = MODELS[name]()
         assert f"{count_params(net):,}" in README, name
     assert f"receptive field {receptive_field(MODELS['net']())[-1]['rf']}" in README
-    for name in ("fast", "dilated"):
-        assert f"receptive field {receptive_field(MODELS[name]())[-1]['rf']}" in README.replace("\n", " "), name
-    macs = {name: f"{multiply_adds(MODELS[name]()) / 1e6:.1f}" for name in ("net", "fast", "dilated")}
     text = README.replace("\n", " ")
+    for name in ("fast", "dilated"):
+        assert f"receptive field {receptive_field(MODELS[name]())[-1]['rf']}" in text, name
+    macs = {name: f"{multiply_adds(MODELS[name]()) / 1e6:.1f}" for name in ("net", "fast", "dilated")}
     assert f"{macs['fast']} MMACs per image against `Net`'s {macs['net']}" in text
     assert f"{macs['dilated']} MMACs per image against `FastNet`'s {macs['fast']}" in text
 
 
 def test_the_receptive_field_table_is_the_code_s():
-    lines = README.splitlines()
-    start = lines.index("| layer | k | s | d | jump | RF |")
-    rows = [[c.strip() for c in line.strip("|").split("|")]
-            for line in itertools.takewhile(lambda line: line.startswith("|"), lines[start + 2:])]
-    printed = [(layer.split(" (")[0], *map(int, rest)) for layer, *rest in rows]
+    printed = [(row["layer"].split(" (")[0], *(int(row[k]) for k in ("k", "s", "d", "jump", "RF")))
+               for row in readme_table("| layer | k | s | d | jump | RF |")]
     # the 1x1 convs add nothing to the field; train.py prints them, the README leaves them out
     assert printed == [(r["layer"], r["kernel"], r["stride"], r["dilation"], r["jump"], r["rf"])
                        for r in receptive_field(MODELS["net"]()) if r["kernel"] > 1]
 
 
 def test_the_pick_table_is_the_results_table_s():
-    lines = README.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| net | pick it |"))
-    header = [c.strip() for c in lines[start].strip("|").split("|")]
-    picks = [dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
-             for line in itertools.takewhile(lambda line: line.startswith("|"), lines[start + 2:])]
+    picks = readme_table("| net | pick it |")
     assert [p["net"] for p in picks] == ["`Net`", "`FastNet`"]
     for pick in picks:
-        for column in (c for c in header if c.endswith(" epochs")):
+        for column in (c for c in pick if c.endswith(" epochs")):
             if pick[column] == "—":
                 continue
             row = next(r for r in MEASURED if r["model"].strip("²") == pick["net"]
@@ -165,15 +154,14 @@ def test_the_pick_table_is_the_results_table_s():
 
 
 def test_the_speed_table_is_its_benchmark_records():
-    lines = README.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| net | epoch"))
-    rows = list(itertools.takewhile(lambda line: line.startswith("|"), lines[start + 2:]))
-    path = re.search(r"\]\((results/[\w/.-]+benchmark\.json)\)", "\n".join(lines[start - 6:start]))[1]
+    section = README[README.index("### Speed"):README.index("| net | epoch")]
+    path = re.search(r"\[record\]\((results/[\w/.-]+benchmark\.json)\)", section)[1]
     record = json.loads((ROOT / path).read_text())
-    assert [row.split("|")[1].strip() for row in rows] == ["`FastNet`", "`Net`"]
+    rows = readme_table("| net | epoch")
+    assert [row["net"] for row in rows] == ["`FastNet`", "`Net`"]
     for row, name in zip(rows, "AB"):
         setting = record["settings"][name]
-        epoch, train, gflops, evaluate = (numbers(cell)[0] for cell in row.strip("|").split("|")[1:5])
+        epoch, train, gflops, evaluate = (numbers(cell)[0] for cell in list(row.values())[1:5])
         assert epoch == pytest.approx(setting["seconds_per_pass"]["epoch"], abs=0.05)
         assert train == pytest.approx(setting["seconds_per_pass"]["train"], abs=0.05)
         assert gflops == pytest.approx(setting["gflops"]["epoch"], abs=0.05)
