@@ -1,14 +1,14 @@
-"""The designs measured against Net in issue 46 (docs/experiments.md, "Net v2"), each under every rule.
+"""The designs measured in issue 46 (docs/experiments.md, "Net v2"), each under every rule.
 
-Like Net they spend their work at 32x32 and 16x16 in blocks that mix space and channels separately, as
-xvel/cifar10-tiniest's do: Net's variants (MixNet3, MixNet16, MixNetW, MixNetD), XvelNet with xvel's own block,
-and DilatedMixNet, Net's blocks shrunk as DilatedNet shrinks. Selectable by --model so that their runs leave
+Net's variants (MixNet3, MixNet16, MixNetW, MixNetD) and XvelNet, with xvel's own block, spend their work at
+32x32 and 16x16 in blocks that mix space and channels separately, as xvel/cifar10-tiniest's do; FastDilatedNet,
+the DilatedNet before the issue, has FastNet's plain blocks. Selectable by --model so that their runs leave
 records and can be rerun.
 """
 import torch
 from torch import nn
 
-from model import Classifier, ConvBN, FourStages, Mixer, Net, SeparableConv
+from model import Classifier, ConvBN, FourStages, Mixer, Net, Residual, SeparableConv
 
 
 class MixNet3(Net):
@@ -51,20 +51,33 @@ class MixNetD(Net):
         super().__init__(kernels=(0, 3, 7, 7), dilations=(1, 1, 1, 3), num_classes=num_classes, dropout=dropout)
 
 
-class DilatedMixNet(Net):
-    """Net with no stride anywhere, shrunk as DilatedNet shrinks: unpadded dilated convs, 32 -> 16 -> 8.
+class FastDilatedNet(FourStages):
+    """The DilatedNet before issue 46: FastNet's blocks with no stride; unpadded dilated convs shrink the maps.
 
-    The question for DilatedNet: whether the blocks that make Net learn more per epoch do so without stride too.
-    C1's blocks see 15 pixels, so C2's dilation-8 taps leave no gaps; C4 stays at 8x8, as in DilatedNet.
+    A 3x3 conv with dilation d and no padding trims 2d pixels per axis: d = 8 and 4
+    give 16x16 and 8x8. Neighbouring units stay one input pixel apart (no
+    subsampling), so the receptive field grows through dilation alone.
     """
 
-    def __init__(self, widths=(32, 64, 128, 160), num_classes=10, dropout=0.0):
-        super().__init__(widths=widths, num_classes=num_classes, dropout=dropout)
+    def __init__(self, widths=(40, 64, 112, 152), num_classes=10, dropout=0.0):
+        super().__init__()
         c1, c2, c3, c4 = widths
-        # Net's three stride-2 convs, each replaced by a stride-free one of the same weights' shapes
-        self.c2[0] = ConvBN(c1, c2, dilation=8, valid=True)  # 32x32 -> 16x16
-        self.c3[0] = SeparableConv(c2, c3, dilation=4, valid=True)  # 16x16 -> 8x8
-        self.c4[0] = SeparableConv(c3, c4, dilation=2)  # 8x8
+        # C2's dilation-8 conv samples C1 every 8 pixels; two cheap separable convs take
+        # C1's receptive field from 3 to 9 pixels so those samples leave no gaps.
+        self.c1 = nn.Sequential(ConvBN(3, c1), SeparableConv(c1, c1, dilation=2), SeparableConv(c1, c1))  # 32x32
+        self.c2 = nn.Sequential(  # 32x32 -> 16x16
+            ConvBN(c1, c2, dilation=8, valid=True),
+            Residual(SeparableConv(c2, c2), SeparableConv(c2, c2)),
+        )
+        self.c3 = nn.Sequential(  # 16x16 -> 8x8
+            ConvBN(c2, c3, dilation=4, valid=True),
+            Residual(SeparableConv(c3, c3, dilation=2), SeparableConv(c3, c3)),
+        )
+        self.c4 = nn.Sequential(  # 8x8, padded: a 4x4 map would sit on the image's central 4x4 pixels
+            SeparableConv(c3, c4, dilation=2),
+            Residual(SeparableConv(c4, c4, dilation=2), SeparableConv(c4, c4)),
+        )
+        self.head = Classifier(c4, num_classes, dropout)
 
 
 class ChannelNorm(nn.LayerNorm):

@@ -210,6 +210,10 @@ def load_weights(model, ckpt, classes):
     if saved is not None and tuple(saved) != tuple(classes):
         raise UserError(f"error: {ckpt['path']} was trained on {_names(saved)} but this data has "
                         f"{_names(classes)}; use data with the same classes")
+    kind = ckpt["config"].model
+    if kind in MODELS and type(model) is not MODELS[kind]:  # Net and DilatedNet have the same weights' shapes
+        raise UserError(f"error: {ckpt['path']} holds a --model={kind} network, not a {type(model).__name__}; "
+                        f"pass --model={kind}")
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

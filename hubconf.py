@@ -46,7 +46,7 @@ def fast_net(pretrained=False, **kwargs):
 
 
 def dilated_net(**kwargs):
-    """DilatedNet (no stride anywhere), untrained."""
+    """DilatedNet (Net with no stride anywhere), untrained."""
     return _model.DilatedNet(**kwargs)
 
 

@@ -5,10 +5,9 @@ Gated blocks do most of the work at 32x32 and 16x16: depthwise convs of several
 kernel sizes over channel groups, then a gated pointwise MLP. A separable and
 dilated conv downsamples to 8x8, and global average pooling feeds one linear
 classifier. FastNet, the Net before it, does less work per image in plain
-separable blocks; DilatedNet is FastNet's blocks with no stride: unpadded dilated
-convs shrink the maps instead. The variants tried against Net live in
-candidates.py, the baselines that break the rules (SeedNet, TiniestNet) in
-baselines.py.
+separable blocks; DilatedNet is Net with no stride: unpadded dilated convs shrink
+the maps instead. The variants tried against Net live in candidates.py, the
+baselines that break the rules (SeedNet, TiniestNet) in baselines.py.
 """
 import torch
 from torch import nn
@@ -167,33 +166,22 @@ class FastNet(FourStages):
         self.head = Classifier(c4, num_classes, dropout)
 
 
-class DilatedNet(FourStages):
-    """FastNet's blocks with no stride anywhere: unpadded dilated convs shrink the maps 32 -> 16 -> 8.
+class DilatedNet(Net):
+    """Net with no stride anywhere: unpadded dilated convs shrink the maps 32 -> 16 -> 8.
 
-    A 3x3 conv with dilation d and no padding trims 2d pixels per axis: d = 8 and 4
-    give 16x16 and 8x8. Neighbouring units stay one input pixel apart (no
-    subsampling), so the receptive field grows through dilation alone.
+    A 3x3 conv with dilation d and no padding trims 2d pixels per axis: d = 8 and 4 give 16x16 and 8x8.
+    Neighbouring units stay one input pixel apart (no subsampling), so the receptive field grows through
+    dilation and the blocks' large kernels alone. C1's blocks see 15 pixels, so C2's dilation-8 taps leave no
+    gaps; C4 stays at 8x8, where a 4x4 map would sit on the image's central pixels.
     """
 
-    def __init__(self, widths=(40, 64, 112, 152), num_classes=10, dropout=0.0):
-        super().__init__()
+    def __init__(self, widths=(32, 64, 128, 160), num_classes=10, dropout=0.0):
+        super().__init__(widths=widths, num_classes=num_classes, dropout=dropout)
         c1, c2, c3, c4 = widths
-        # C2's dilation-8 conv samples C1 every 8 pixels; two cheap separable convs take
-        # C1's receptive field from 3 to 9 pixels so those samples leave no gaps.
-        self.c1 = nn.Sequential(ConvBN(3, c1), SeparableConv(c1, c1, dilation=2), SeparableConv(c1, c1))  # 32x32
-        self.c2 = nn.Sequential(  # 32x32 -> 16x16
-            ConvBN(c1, c2, dilation=8, valid=True),
-            Residual(SeparableConv(c2, c2), SeparableConv(c2, c2)),
-        )
-        self.c3 = nn.Sequential(  # 16x16 -> 8x8
-            ConvBN(c2, c3, dilation=4, valid=True),
-            Residual(SeparableConv(c3, c3, dilation=2), SeparableConv(c3, c3)),
-        )
-        self.c4 = nn.Sequential(  # 8x8, padded: a 4x4 map would sit on the image's central 4x4 pixels
-            SeparableConv(c3, c4, dilation=2),
-            Residual(SeparableConv(c4, c4, dilation=2), SeparableConv(c4, c4)),
-        )
-        self.head = Classifier(c4, num_classes, dropout)
+        # Net's three stride-2 convs, each replaced by a stride-free one of the same weights' shapes
+        self.c2[0] = ConvBN(c1, c2, dilation=8, valid=True)  # 32x32 -> 16x16
+        self.c3[0] = SeparableConv(c2, c3, dilation=4, valid=True)  # 16x16 -> 8x8
+        self.c4[0] = SeparableConv(c3, c4, dilation=2)  # 8x8
 
 
 def receptive_field(model):

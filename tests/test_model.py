@@ -12,7 +12,7 @@ from model import (Net, Residual, SeparableConv, architecture_rules, count_param
                    receptive_field)
 
 # built to the assignment's rules
-ASSIGNMENT_NETS = ("dilated", "dmix", "fast", "mix16", "mix3", "mixd", "mixw", "net", "xvel")
+ASSIGNMENT_NETS = ("dilated", "fast", "fastdilated", "mix16", "mix3", "mixd", "mixw", "net", "xvel")
 BASELINES = ("seed", "tiniest")  # the reference solution's net and xvel/cifar10-tiniest's, which break them
 
 
@@ -61,7 +61,7 @@ def test_net_downsamples_with_exactly_three_3x3_stride2_convs():
     assert map_sizes(net) == [(32, 32), (16, 16), (8, 8), (4, 4)]
 
 
-@pytest.mark.parametrize("name", ["dilated", "dmix"])
+@pytest.mark.parametrize("name", ["dilated", "fastdilated"])
 def test_dilated_net_has_no_stride_and_shrinks_only_by_unpadded_dilated_convs(name):
     net = MODELS[name]()
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
