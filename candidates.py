@@ -1,6 +1,6 @@
 """The designs measured in issue 46 (docs/experiments.md, "Net v2"), each under every rule.
 
-Net's variants (MixNet3, MixNet16, MixNetW, MixNetD) and XvelNet, with xvel's own block, spend their work at
+Net's variants (MixNet3, MixNet16, MixNetW, MixNetD, MixNetDeep) and XvelNet, with xvel's own block, spend their work at
 32x32 and 16x16 in blocks that mix space and channels separately, as xvel/cifar10-tiniest's do; FastDilatedNet,
 the DilatedNet before the issue, has FastNet's plain blocks. Selectable by --model so that their runs leave
 records and can be rerun.
@@ -38,6 +38,17 @@ class MixNetW(Net):
 
     def __init__(self, num_classes=10, dropout=0.0):
         super().__init__(widths=(32, 80, 112, 144), hidden=(32, 96, 64, 64), num_classes=num_classes, dropout=dropout)
+
+
+class MixNetDeep(Net):
+    """Net with a third gated block at 32x32, as the reference has three there.
+
+    MixNet16 showed C1's blocks earn their time; this asks whether one more pays for the 14% more
+    multiply-adds it costs, with the parameters it adds (4k) still inside the budget.
+    """
+
+    def __init__(self, num_classes=10, dropout=0.0):
+        super().__init__(depths=(3, 3, 1, 1), num_classes=num_classes, dropout=dropout)
 
 
 class MixNetD(Net):

@@ -14,13 +14,14 @@ import typing
 from dataclasses import asdict, dataclass, fields, replace
 
 from baselines import SeedNet, TiniestNet
-from candidates import FastDilatedNet, MixNet3, MixNet16, MixNetD, MixNetW, XvelNet
+from candidates import FastDilatedNet, MixNet3, MixNet16, MixNetD, MixNetDeep, MixNetW, XvelNet
 from model import DilatedNet, FastNet, Net
 
-# The names --model takes. "seed" and "tiniest" break the assignment's rules: baselines to measure against.
+# The names --model takes. "seed" and "tiniest" break the assignment's rules: baselines to measure against;
+# from "mix3" on, the designs measured against Net and DilatedNet (docs/experiments.md).
 MODELS = {"net": Net, "fast": FastNet, "dilated": DilatedNet, "seed": SeedNet, "tiniest": TiniestNet,
-          "mix3": MixNet3, "mix16": MixNet16, "mixd": MixNetD, "mixw": MixNetW, "xvel": XvelNet,
-          "fastdilated": FastDilatedNet}  # the designs measured against Net and DilatedNet (docs/experiments.md)
+          "mix3": MixNet3, "mix16": MixNet16, "mixd": MixNetD, "mixw": MixNetW, "mixdeep": MixNetDeep,
+          "xvel": XvelNet, "fastdilated": FastDilatedNet}
 
 IMAGE_SIZE = 32  # pixels, height and width: what every data source must hold and the models are built for
 
@@ -83,7 +84,7 @@ class Config:
     label_smoothing: float = 0.1  # cross-entropy target smoothing for training (evaluation uses plain CE)
     ema: float = 0.0  # decay per step of a weight average (EMA) evaluated, saved and analysed instead (0: off)
     # model
-    model: str = "net"  # net (Net), fast (FastNet: more per CPU minute), dilated (DilatedNet: no stride); mix3/mix16/mixd/mixw/xvel, fastdilated (measured against Net, DilatedNet); seed, tiniest (baselines)
+    model: str = "net"  # net (Net), fast (FastNet: more per CPU minute), dilated (DilatedNet: no stride); mix3/mix16/mixd/mixw/mixdeep/xvel, fastdilated (measured against Net, DilatedNet); seed, tiniest (baselines)
     dropout: float = 0.0  # dropout before the classifier
     # augmentation (Albumentations, per image, uint8). Every random regularizer fades to none by the end, so the
     # low-LR end of the schedule, where the net settles, sees clean whole images (docs/experiments.md, "CutMix",

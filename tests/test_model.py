@@ -12,7 +12,7 @@ from model import (Net, Residual, SeparableConv, architecture_rules, count_param
                    receptive_field)
 
 # built to the assignment's rules
-ASSIGNMENT_NETS = ("dilated", "fast", "fastdilated", "mix16", "mix3", "mixd", "mixw", "net", "xvel")
+ASSIGNMENT_NETS = ("dilated", "fast", "fastdilated", "mix16", "mix3", "mixd", "mixdeep", "mixw", "net", "xvel")
 BASELINES = ("seed", "tiniest")  # the reference solution's net and xvel/cifar10-tiniest's, which break them
 
 
