@@ -2,8 +2,8 @@
 
 Net's variants (MixNet3, MixNet16, MixNetW, MixNetD, MixNetDeep) and XvelNet, with xvel's own block, spend
 their work at 32x32 and 16x16 in blocks that mix space and channels separately, as xvel/cifar10-tiniest's do;
-FastDilatedNet, the DilatedNet before the issue, has FastNet's plain blocks. Selectable by --model so that their runs leave
-records and can be rerun.
+FastDilatedNet, the DilatedNet before the issue, has FastNet's plain blocks. Selectable by --model so that
+their runs leave records and can be rerun.
 """
 import torch
 from torch import nn
